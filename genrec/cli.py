@@ -1,0 +1,123 @@
+"""The ``genrec`` command: prompt tools, data summary and results tables.
+
+    genrec prompts validate prompts/next_item_title.yaml
+    genrec prompts render --config recipes/configs/ml100k/smollm2_lora.yaml --n 3 [section.key=value ...]
+    genrec data --config recipes/configs/ml100k/smollm2_lora.yaml
+    genrec results runs/demo/base/eval_results.json runs/demo/tuned/eval_results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from genrec.config import load_config
+from genrec.errors import GenrecError
+
+
+def _validate(args) -> None:
+    from genrec.config import Config
+    from genrec.data import load_split
+    from genrec.prompts import PromptTemplate
+
+    for path in args.files:
+        template = PromptTemplate.load(path)
+        if args.config:
+            cfg = load_config(args.config, [])
+            template.check(load_split(cfg).catalog, cfg.items.identifier)
+        else:
+            template.check(_toy_catalog(), Config().items.identifier)
+        print(f"{path}: ok ({template.name}, sha256 {template.sha256[:12]})")
+
+
+def _toy_catalog():
+    from genrec.data.catalog import Catalog
+
+    return Catalog.build(["1", "2", "3"], None, "{item_id}", "item_{item_id}")
+
+
+def _render(args) -> None:
+    from genrec.data import sliding_windows
+    from genrec.recommender import prepare
+
+    cfg = load_config(args.config, args.overrides)
+    setup = prepare(cfg)
+    examples = sliding_windows(setup.split, cfg.data.max_history, cfg.data.min_history, cfg.data.train_windows_per_user)
+    tok = setup.tokenizer
+    for n, example in enumerate(examples[: args.n], start=1):
+        enc = setup.encoder.encode(example)
+        loss = [t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != -100]
+        prompt_len = len(enc["input_ids"]) - len(loss)
+        print(f"===== example {n}: user {example.user_id}, {prompt_len} prompt tokens (no loss), "
+              f"{len(loss)} completion tokens (loss) =====")
+        print(tok.decode(enc["input_ids"][:prompt_len]), end="")
+        print("\u00bb" + tok.decode(loss) + "\u00ab")
+        print("loss on:", " ".join(repr(t) for t in tok.convert_ids_to_tokens(loss)))
+        print()
+    print(f"template {setup.template.source} (sha256 {setup.template.sha256[:12]}); chat template "
+          f"{'on' if setup.formatter.use_chat else 'off'}; text between \u00bb \u00ab carries the loss")
+
+
+def _data(args) -> None:
+    from genrec.data import load_split, sliding_windows
+    from genrec.data.splits import describe
+
+    cfg = load_config(args.config, args.overrides)
+    split = load_split(cfg)
+    stats = describe(split)
+    stats["train_windows"] = len(sliding_windows(split, cfg.data.max_history, cfg.data.min_history,
+                                                 cfg.data.train_windows_per_user))
+    print(json.dumps(stats, indent=2))
+
+
+def results_table(paths: list[str]) -> str:
+    rows, popularity = [], None
+    for path in paths:
+        res = json.loads(Path(path).read_text())
+        proto = res["protocol"]
+        name = "untuned base model" if not proto.get("adapter") else f"tuned ({Path(proto['adapter']).parent.name})"
+        rows.append((name, res["metrics"], proto["users"]))
+        if popularity is None and "popularity" in res.get("baselines", {}):
+            popularity = ("most-popular-unseen", res["baselines"]["popularity"], proto["users"])
+    if popularity:
+        rows.insert(0, popularity)
+    cols = ["hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20", "valid_item_rate", "duplicate_rate", "coverage@10"]
+    lines = [f"{'system':<28}{'users':>6}" + "".join(f"{c:>16}" for c in cols)]
+    for name, m, users in rows:
+        lines.append(f"{name:<28}{users:>6}" + "".join(f"{m[c]:>16.4f}" for c in cols))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="genrec", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    prompts = sub.add_parser("prompts", help="validate or render prompt templates").add_subparsers(dest="action", required=True)
+    v = prompts.add_parser("validate", help="check template files (YAML, Jinja2, variables)")
+    v.add_argument("files", nargs="+")
+    v.add_argument("--config", help="check against this config's real catalog")
+    v.set_defaults(func=_validate)
+    r = prompts.add_parser("render", help="show exactly what the model reads and which tokens carry loss")
+    r.add_argument("--config", required=True)
+    r.add_argument("--n", type=int, default=3)
+    r.add_argument("overrides", nargs="*")
+    r.set_defaults(func=_render)
+    d = sub.add_parser("data", help="summarise the configured data and split")
+    d.add_argument("--config", required=True)
+    d.add_argument("overrides", nargs="*")
+    d.set_defaults(func=_data)
+    t = sub.add_parser("results", help="table of eval_results.json files")
+    t.add_argument("files", nargs="+")
+    t.set_defaults(func=lambda a: print(results_table(a.files)))
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except GenrecError as e:
+        print(f"genrec: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

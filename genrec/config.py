@@ -1,0 +1,312 @@
+"""Typed configuration: YAML file + dotted ``section.key=value`` overrides.
+
+One dataclass per section; every field is documented where it is declared
+(README's config reference is generated from the same comments). Validation
+happens here, before any data or model is loaded, and names the offending key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from genrec.errors import ConfigError, suggest
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = "runs/default"  # every recipe writes here
+    seed: int = 42  # seeds data order, dropout, user samples
+    resume: bool = False  # finetune: continue from the newest checkpoint in output_dir
+    checkpoint: str | None = None  # evaluate/recommend: adapter folder; null = <output_dir>/adapter; "base" = untuned model
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "ml-100k"  # "ml-100k" = the copy inside the recbole wheel; otherwise a name for your data
+    path: str | None = None  # folder with <dataset>.inter/.item (atomic) or the files named below
+    format: str = "atomic"  # atomic | csv | tsv | jsonl | parquet
+    interactions: str | None = None  # tabular formats: interactions file (relative to path)
+    items: str | None = None  # tabular formats: item file (relative to path); optional
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    time_column: str = "timestamp"
+    rating_column: str | None = "rating"
+    min_rating: float | None = None  # drop interactions rated below this
+    k_core: int = 0  # iteratively drop users/items with fewer than k interactions (0 = off)
+    item_text: str = "{movie_title} ({release_year})"  # Python format string over item fields
+    max_history: int = 20  # N: at most this many most recent items in a prompt
+    min_history: int = 1  # training windows need at least this many history items
+    train_windows_per_user: int | None = None  # keep only each user's most recent windows (null = all)
+    cache_dir: str | None = None  # tokenized-data cache (null = <output_dir>/cache)
+
+
+@dataclass
+class ItemsConfig:
+    identifier: str = "title"  # title | id: what the model generates for an item
+    id_format: str = "item_{item_id}"  # the plain ID form
+
+
+@dataclass
+class PromptConfig:
+    template: str = "prompts/next_item_title.yaml"  # YAML + Jinja2 template file
+    chat: str = "auto"  # auto | on | off: wrap in the tokenizer's chat template
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "default"  # "default" = bundled SmolLM2-135M-Instruct; an HF model folder; or a .gguf file
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto = bfloat16 where the CPU/GPU supports it)
+    quantization: str = "none"  # none | 4bit | 8bit (bitsandbytes)
+    bnb_4bit_quant_type: str = "nf4"  # nf4 | fp4
+    bnb_4bit_double_quant: bool = True
+    cache_dir: str | None = None  # where GGUF conversions are cached (null = ~/.cache/genrec or $GENREC_CACHE)
+
+
+@dataclass
+class AdapterConfig:
+    method: str = "lora"  # lora | dora | loha | ia3
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    feedforward_modules: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])  # ia3 only
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 16  # per process, per micro-step
+    grad_accum: int = 1
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"  # cosine | linear | constant
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    max_length: int = 1024  # longer examples are cut from the left of the prompt
+    log_every: int = 10
+    eval_every: int = 0  # validation NDCG@10 on a seeded user sample every N steps (0 = only at the end)
+    eval_users: int = 64
+    save_every: int = 0  # checkpoint every N optimizer steps (0 = only at the end)
+    keep_checkpoints: int = 2
+    halt_after_steps: int | None = None  # stop early as if interrupted (for time-boxed runs and resume tests)
+
+
+@dataclass
+class DecodeConfig:
+    num_beams: int = 20  # beam width of the trie-constrained search (>= the largest K asked)
+    length_penalty: float = 0.0  # score = sum log p / len**length_penalty; 0 = plain sum
+    batch_users: int = 8  # users decoded together in one forward
+    exclude_seen: bool = True  # never recommend items in the user's history (DESIGN §5)
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"  # test | valid
+    users: int | None = None  # null = every user; N = a seeded sample of N users
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    baselines: list[str] = field(default_factory=lambda: ["popularity"])
+
+
+@dataclass
+class RecommendConfig:
+    user_id: str | None = None  # recommend for this user's full history ...
+    history: list[str] | None = None  # ... or for these item titles/ids (a list, or one string split on '|')
+    k: int = 10
+
+
+@dataclass
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    items: ItemsConfig = field(default_factory=ItemsConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    recommend: RecommendConfig = field(default_factory=RecommendConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.format": ("atomic", "csv", "tsv", "jsonl", "parquet"),
+    "items.identifier": ("title", "id"),
+    "prompt.chat": ("auto", "on", "off"),
+    "model.dtype": ("auto", "float32", "bfloat16", "float16"),
+    "model.quantization": ("none", "4bit", "8bit"),
+    "model.bnb_4bit_quant_type": ("nf4", "fp4"),
+    "adapter.method": ("lora", "dora", "loha", "ia3"),
+    "train.scheduler": ("cosine", "linear", "constant"),
+    "eval.split": ("test", "valid"),
+}
+
+
+def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
+    """Convert a YAML/CLI value to the declared field type, or explain why not."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("null", "none", "~")):
+            if type(None) in args:
+                return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key, where)
+    if value is None:
+        raise ConfigError(f"{where}: '{key}' may not be null (expected {getattr(tp, '__name__', tp)})")
+    if origin is list:
+        (item_tp,) = args
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: '{key}' expects a list, found {value!r}")
+        return [_coerce(v, item_tp, key, where) for v in value]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}: '{key}' expects true/false, found {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: '{key}' expects an integer, found {value!r}")
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: '{key}' expects an integer, found {value!r}") from None
+        if not f.is_integer():
+            raise ConfigError(f"{where}: '{key}' expects an integer, found {value!r}")
+        return int(f)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: '{key}' expects a number, found {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: '{key}' expects a string, found {value!r}")
+        return str(value)
+    return value
+
+
+def _section_fields(section_cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(section_cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(section_cls)}
+
+
+def _set(cfg: Config, dotted: str, value: Any, where: str) -> None:
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    parts = dotted.split(".")
+    if len(parts) != 2:
+        all_keys = [f"{s}.{k}" for s in sections for k in _section_fields(type(getattr(cfg, s)))]
+        raise ConfigError(f"{where}: '{dotted}' is not a 'section.key' name{suggest(dotted, all_keys)}")
+    sec, key = parts
+    if sec not in sections:
+        raise ConfigError(f"{where}: unknown section '{sec}'{suggest(sec, sections)}; sections: {', '.join(sections)}")
+    section = getattr(cfg, sec)
+    fields_ = _section_fields(type(section))
+    if key not in fields_:
+        raise ConfigError(f"{where}: unknown key '{sec}.{key}'{suggest(key, fields_)}; keys of '{sec}': {', '.join(fields_)}")
+    coerced = _coerce(value, fields_[key], dotted, where)
+    choices = CHOICES.get(dotted)
+    if choices is not None and coerced not in choices:
+        raise ConfigError(
+            f"{where}: '{dotted}' must be one of {', '.join(choices)}; found {coerced!r}{suggest(coerced, choices)}"
+        )
+    setattr(section, key, coerced)
+
+
+def _flatten(tree: Any, where: str) -> list[tuple[str, Any]]:
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{where}: expected a mapping of sections, found {type(tree).__name__}")
+    out = []
+    for sec, body in tree.items():
+        if not isinstance(body, dict):
+            raise ConfigError(f"{where}: section '{sec}' must be a mapping of keys, found {body!r}")
+        for key, value in body.items():
+            out.append((f"{sec}.{key}", value))
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file <- ``section.key=value`` overrides, validated."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        for dotted, value in _flatten(tree, str(path)):
+            _set(cfg, dotted, value, str(path))
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"command line: override '{item}' must look like section.key=value")
+        dotted, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else ""
+        _set(cfg, dotted.strip(), value, "command line")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that single-key coercion cannot express."""
+    if cfg.model.quantization != "none" and str(cfg.model.name_or_path).endswith(".gguf"):
+        raise ConfigError(
+            "config: model.quantization=%s cannot load a .gguf file directly; GGUF weights are converted to "
+            "safetensors first — use model.name_or_path=default (converted and cached) or the converted folder"
+            % cfg.model.quantization
+        )
+    if cfg.decode.num_beams < max(cfg.eval.ks + [cfg.recommend.k]):
+        raise ConfigError(
+            f"config: decode.num_beams={cfg.decode.num_beams} must be >= the largest K asked "
+            f"(eval.ks={cfg.eval.ks}, recommend.k={cfg.recommend.k})"
+        )
+    for key, val in (("train.batch_size", cfg.train.batch_size), ("train.grad_accum", cfg.train.grad_accum),
+                     ("data.max_history", cfg.data.max_history), ("decode.batch_users", cfg.decode.batch_users)):
+        if val < 1:
+            raise ConfigError(f"config: '{key}' must be >= 1, found {val}")
+    if cfg.data.format != "atomic" and not cfg.data.interactions:
+        raise ConfigError(f"config: data.format={cfg.data.format} needs data.interactions (the interactions file)")
+    if isinstance(cfg.recommend.history, list) and len(cfg.recommend.history) == 1 and "|" in cfg.recommend.history[0]:
+        cfg.recommend.history = [h.strip() for h in cfg.recommend.history[0].split("|") if h.strip()]
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def parse_cli(argv: list[str]) -> tuple[str | None, list[str]]:
+    """Split ``--config PATH key=value ...`` into (path, overrides)."""
+    path, overrides, i = None, [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config":
+            if i + 1 >= len(argv):
+                raise ConfigError("command line: --config needs a path")
+            path, i = argv[i + 1], i + 2
+            continue
+        if arg.startswith("--config="):
+            path = arg.split("=", 1)[1]
+        elif arg.startswith("--") and "=" in arg:
+            overrides.append(arg[2:])
+        elif "=" in arg:
+            overrides.append(arg)
+        else:
+            raise ConfigError(f"command line: unexpected argument '{arg}' (expected --config PATH and section.key=value)")
+        i += 1
+    return path, overrides

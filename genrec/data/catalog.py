@@ -1,0 +1,101 @@
+"""The item catalog: every recommendable item, its text fields and identifiers.
+
+Each item has a dense index (0..n-1, used everywhere inside genrec), its original
+id, its fields and two identifier strings: ``text`` (e.g. "Toy Story (1995)") and
+``plain_id`` (e.g. "item_1"). Duplicate texts are disambiguated with a " [2]",
+" [3]" suffix so that each generated string names exactly one item.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import string
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from genrec.errors import DataError
+
+
+@dataclass(frozen=True)
+class Item:
+    index: int
+    item_id: str
+    text: str
+    plain_id: str
+    fields: dict = field(default_factory=dict, hash=False, compare=False)
+
+    def identifier(self, kind: str) -> str:
+        return self.text if kind == "title" else self.plain_id
+
+
+def _natural_key(item_id: str):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", item_id)]
+
+
+def _format_fields(fmt: str) -> list[str]:
+    return [name for _, name, _, _ in string.Formatter().parse(fmt) if name]
+
+
+class Catalog:
+    def __init__(self, items: list[Item]):
+        self.items = items
+        self.by_id = {it.item_id: it for it in items}
+        self._by_identifier = {kind: {it.identifier(kind): it for it in items} for kind in ("title", "id")}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Item:
+        return self.items[index]
+
+    @classmethod
+    def build(cls, item_ids, item_frame: pd.DataFrame | None, text_format: str, id_format: str, source: str = "items") -> "Catalog":
+        """Catalog over ``item_ids`` (those seen in interactions), text from ``item_frame`` if given."""
+        ids = sorted({str(i) for i in item_ids}, key=_natural_key)
+        needed = _format_fields(text_format)
+        if item_frame is not None:
+            missing = [f for f in needed if f not in item_frame.columns and f != "item_id"]
+            if missing:
+                raise DataError(
+                    f"{source}: data.item_text '{text_format}' uses field(s) {missing} that the item file lacks; "
+                    f"fields found: {', '.join(map(str, item_frame.columns))}"
+                )
+            records = item_frame.to_dict("index")
+        else:
+            records = {}
+        items, seen_text = [], {}
+        for index, item_id in enumerate(ids):
+            fields = {k: ("" if pd.isna(v) else v) for k, v in records.get(item_id, {}).items()}
+            fields["item_id"] = item_id
+            if item_frame is not None and item_id in records:
+                try:
+                    text = text_format.format(**fields).strip()
+                except (KeyError, ValueError, IndexError) as e:
+                    raise DataError(f"{source}: item {item_id}: cannot format data.item_text '{text_format}': {e}") from None
+            else:
+                text = id_format.format(item_id=item_id)
+            text = " ".join(text.split())  # one line, single spaces: identifiers must round-trip through a tokenizer
+            seen_text[text] = seen_text.get(text, 0) + 1
+            if seen_text[text] > 1:
+                text = f"{text} [{seen_text[text]}]"
+            items.append(Item(index=index, item_id=item_id, text=text, plain_id=id_format.format(item_id=item_id), fields=fields))
+        plain = [it.plain_id for it in items]
+        if len(set(plain)) != len(plain):
+            raise DataError(f"items.id_format '{id_format}' maps two items to the same id; include {{item_id}}")
+        return cls(items)
+
+    def find(self, query: str, kind: str | None = None) -> Item:
+        """An item by identifier (title or plain id) or original id; a close-match error otherwise."""
+        query = " ".join(str(query).split())
+        for k in ([kind] if kind else ["title", "id"]):
+            if query in self._by_identifier[k]:
+                return self._by_identifier[k][query]
+        if query in self.by_id:
+            return self.by_id[query]
+        names = list(self._by_identifier["title"])
+        lowered = {n.lower(): n for n in names}
+        close = difflib.get_close_matches(query.lower(), list(lowered), n=3, cutoff=0.6)
+        hint = f"; close matches: {', '.join(repr(lowered[c]) for c in close)}" if close else ""
+        raise DataError(f"unknown item {query!r} (not a title, plain id or item id in the catalog){hint}")

@@ -1,0 +1,26 @@
+"""Config → validated Split: read, filter, build the catalog, order histories."""
+
+from __future__ import annotations
+
+from genrec.config import Config
+from genrec.data.catalog import Catalog
+from genrec.data.readers import load_interactions_and_items
+from genrec.data.splits import Split, build_split, k_core
+from genrec.errors import DataError
+
+
+def load_split(cfg: Config) -> Split:
+    frame, items, source = load_interactions_and_items(cfg.data)
+    if cfg.data.min_rating is not None:
+        frame = frame[frame["rating"] >= cfg.data.min_rating]
+    frame = k_core(frame, cfg.data.k_core)
+    if frame.empty:
+        raise DataError(
+            f"{source}: no interactions left after filtering (data.min_rating={cfg.data.min_rating}, "
+            f"data.k_core={cfg.data.k_core})"
+        )
+    catalog = Catalog.build(frame["item_id"], items, cfg.data.item_text, cfg.items.id_format, source=str(source))
+    split = build_split(frame, catalog)
+    if not split.eval_users:
+        raise DataError(f"{source}: no user has the 3 interactions leave-one-out needs (train, validation, test)")
+    return split

@@ -1,0 +1,168 @@
+"""Trie-constrained top-K: beam search where every result is a distinct catalog item.
+
+Several users are decoded in one batch; each prompt is encoded once, then beams
+fan out from its KV cache. All beams of all users live in one flat set of rows,
+expanded through the trie's CSR tensors (no per-beam Python walk). A candidate
+that reaches a leaf is a finished item; unfinished candidates compete for the
+``num_beams`` slots of their user. Because every sequence ends with the end
+token, finished items are distinct by construction, and items a user must not
+see are removed from the trie per user (``remaining_counts``), so a beam never
+enters a branch with nothing left to finish.
+
+Scores are sums of the model's full-vocabulary log-probabilities (the same score
+as ``generate`` with ``prefix_allowed_tokens_fn``), divided by
+``length ** length_penalty``. With ``length_penalty == 0`` extending a beam can
+only lower its score, so beams below the user's K-th finished score are
+dropped (exact early stopping).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from genrec.items import ItemIndex
+
+NEG_INF = float("-inf")
+
+
+def topn_per_group(group: torch.Tensor, score: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the ``n`` best scores within each group, and their rank (0 = best) in the group."""
+    if group.numel() == 0:
+        empty = torch.empty(0, dtype=torch.long, device=group.device)
+        return empty, empty
+    order = torch.argsort(score, descending=True, stable=True)
+    order = order[torch.argsort(group[order], stable=True)]
+    _, counts = torch.unique_consecutive(group[order], return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    rank = torch.arange(order.numel(), device=group.device) - torch.repeat_interleave(starts, counts)
+    keep = rank < n
+    return order[keep], rank[keep]
+
+
+def _expand(index_ptr: torch.Tensor, nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, edge) pairs for every outgoing edge of every row's node (CSR gather)."""
+    starts = index_ptr[nodes]
+    counts = index_ptr[nodes + 1] - starts
+    rows = torch.repeat_interleave(torch.arange(nodes.numel(), device=nodes.device), counts)
+    first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    edges = torch.repeat_interleave(starts, counts) + torch.arange(rows.numel(), device=nodes.device) - first
+    return rows, edges
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[row, width - len(p):] = 1
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def constrained_topk(
+    model,
+    prompts: list[list[int]],
+    index: ItemIndex,
+    k: int,
+    num_beams: int,
+    excluded: list[set[int]] | None = None,
+    length_penalty: float = 0.0,
+    pad_id: int = 0,
+) -> list[list[tuple[int, float]]]:
+    """Top-``k`` catalog items per prompt, best first, as (catalog index, score)."""
+    device = next(model.parameters()).device
+    users = len(prompts)
+    excluded = excluded or [set() for _ in prompts]
+    ptr, edge_token, edge_child, leaf_item = (t.to(device) for t in (index.child_ptr, index.edge_token, index.edge_child, index.leaf_item))
+    remaining = index.remaining_counts(excluded).to(device)
+
+    ids, mask = _left_pad(prompts, pad_id, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+    row_user = torch.arange(users, device=device)
+    row_node = torch.zeros(users, dtype=torch.long, device=device)
+    row_score = torch.zeros(users, device=device)
+    row_len = torch.zeros(users, dtype=torch.long, device=device)
+    row_pos = positions[:, -1]
+    fin_score = torch.full((users, k), NEG_INF, device=device)
+    fin_item = torch.full((users, k), -1, dtype=torch.long, device=device)
+
+    for _ in range(index.max_depth):
+        rows, edges = _expand(ptr, row_node)
+        child = edge_child[edges]
+        user = row_user[rows]
+        ok = remaining[user, child] > 0  # the branch still holds an item this user may get
+        rows, edges, child, user = rows[ok], edges[ok], child[ok], user[ok]
+        tokens = edge_token[edges]
+        score = row_score[rows] + logp[rows, tokens]
+        length = row_len[rows] + 1
+        done = leaf_item[child] >= 0
+
+        if done.any():
+            final = score[done] / length[done].float() ** length_penalty if length_penalty else score[done]
+            f_user = torch.cat([torch.arange(users, device=device).repeat_interleave(k), user[done]])
+            f_score = torch.cat([fin_score.flatten(), final])
+            f_item = torch.cat([fin_item.flatten(), leaf_item[child[done]]])
+            valid = f_item >= 0
+            pick, rank = topn_per_group(f_user[valid], f_score[valid], k)
+            fin_score.fill_(NEG_INF)
+            fin_item.fill_(-1)
+            fin_score[f_user[valid][pick], rank] = f_score[valid][pick]
+            fin_item[f_user[valid][pick], rank] = f_item[valid][pick]
+
+        go = ~done
+        if length_penalty == 0:
+            go &= score > fin_score[user, -1]  # cannot reach this user's top-k any more
+        rows, tokens, child, user, score, length = rows[go], tokens[go], child[go], user[go], score[go], length[go]
+        keep, _ = topn_per_group(user, score, num_beams)
+        if keep.numel() == 0:
+            break
+        keep = keep.sort().values  # rows stay grouped by user, in a stable order
+        parent = rows[keep]
+        cache.reorder_cache(parent)
+        mask = torch.cat([mask[parent], torch.ones((parent.numel(), 1), dtype=mask.dtype, device=device)], dim=1)
+        row_pos = row_pos[parent] + 1
+        row_user, row_node, row_score, row_len = user[keep], child[keep], score[keep], length[keep]
+        out = model(
+            input_ids=tokens[keep].unsqueeze(1),
+            attention_mask=mask,
+            position_ids=row_pos.unsqueeze(1),
+            past_key_values=cache,
+            use_cache=True,
+        )
+        cache = out.past_key_values
+        logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+
+    results = []
+    for u in range(users):
+        items, scores = fin_item[u].tolist(), fin_score[u].tolist()
+        results.append([(i, s) for i, s in zip(items, scores) if i >= 0])
+    return results
+
+
+@torch.no_grad()
+def score_items(model, prompt: list[int], index: ItemIndex, items: list[int] | None = None,
+                length_penalty: float = 0.0, batch_size: int = 64) -> torch.Tensor:
+    """Exact score of each item given one prompt (teacher forcing): the exhaustive reference."""
+    device = next(model.parameters()).device
+    items = list(range(index.num_items)) if items is None else items
+    prefix = torch.tensor(prompt, dtype=torch.long, device=device).unsqueeze(0)
+    scores = torch.empty(len(items))
+    for lo in range(0, len(items), batch_size):
+        chunk = items[lo: lo + batch_size]
+        seqs = [index.sequences[i] for i in chunk]
+        width = max(len(s) for s in seqs)
+        ids = torch.zeros((len(chunk), width), dtype=torch.long, device=device)
+        for r, s in enumerate(seqs):
+            ids[r, : len(s)] = torch.tensor(s)
+        full = torch.cat([prefix.expand(len(chunk), -1), ids], dim=1)
+        logits = model(input_ids=full).logits[:, prefix.shape[1] - 1: -1].float()
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, ids.unsqueeze(-1)).squeeze(-1)
+        for r, s in enumerate(seqs):
+            total = logp[r, : len(s)].sum().item()
+            scores[lo + r] = total / len(s) ** length_penalty if length_penalty else total
+    return scores

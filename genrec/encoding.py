@@ -1,0 +1,119 @@
+"""Rendered text → token ids: training examples with a completion-only loss mask,
+prompts for decoding, and the ItemIndex over every item's completion.
+
+Prompt and completion are tokenized separately and concatenated, so the ids the
+model is trained on after the prompt are exactly the ids the trie allows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import datasets
+
+from genrec.data.splits import Example
+from genrec.items import ItemIndex
+from genrec.prompts import PromptFormatter
+
+IGNORE_INDEX = -100
+
+
+def end_token_id(tokenizer, use_chat: bool) -> int:
+    """The token that closes a completion: the chat template's end-of-turn, else EOS."""
+    if use_chat:
+        marker = "\u2063genrec\u2063"
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}], tokenize=False
+        )
+        tail = text.split(marker, 1)[1]
+        ids = tokenizer(tail, add_special_tokens=False)["input_ids"]
+        if ids and ids[0] in tokenizer.all_special_ids:
+            return ids[0]
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has no EOS token to end completions with")
+    return tokenizer.eos_token_id
+
+
+class Encoder:
+    def __init__(self, formatter: PromptFormatter, max_length: int = 1024):
+        self.formatter = formatter
+        self.tokenizer = formatter.tokenizer
+        self.max_length = max_length
+        self.end_id = end_token_id(self.tokenizer, formatter.use_chat)
+
+    def prompt_ids(self, example: Example) -> list[int]:
+        text = self.formatter.prompt(example)
+        return self.tokenizer(text, add_special_tokens=not self.formatter.use_chat)["input_ids"]
+
+    def completion_ids(self, completion: str) -> list[int]:
+        return self.tokenizer(completion, add_special_tokens=False)["input_ids"] + [self.end_id]
+
+    def encode(self, example: Example) -> dict:
+        rendered = self.formatter.render(example)
+        prompt = self.tokenizer(rendered.prompt, add_special_tokens=not self.formatter.use_chat)["input_ids"]
+        completion = self.completion_ids(rendered.completion)
+        overflow = len(prompt) + len(completion) - self.max_length
+        if overflow > 0:
+            prompt = prompt[overflow:]  # keep the most recent history and the question
+        return {"input_ids": prompt + completion, "labels": [IGNORE_INDEX] * len(prompt) + completion}
+
+    def item_index(self) -> ItemIndex:
+        catalog, template, identifier = self.formatter.catalog, self.formatter.template, self.formatter.identifier
+        completions = [template.render_completion(item, identifier) for item in catalog.items]
+        ids = self.tokenizer(completions, add_special_tokens=False)["input_ids"]
+        return ItemIndex([seq + [self.end_id] for seq in ids], names=completions)
+
+    def fingerprint(self) -> str:
+        tok = self.tokenizer
+        parts = {
+            "template": self.formatter.template.sha256,
+            "identifier": self.formatter.identifier,
+            "chat": self.formatter.use_chat,
+            "vocab": len(tok),
+            "tokenizer": getattr(tok, "name_or_path", ""),
+            "max_length": self.max_length,
+            "end": self.end_id,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def tokenized_dataset(encoder: Encoder, examples: list[Example], cache_dir: str | Path, num_proc: int | None = None) -> datasets.Dataset:
+    """Arrow-cached tokenized examples; the cache key covers template, tokenizer, examples and length."""
+    digest = hashlib.sha256()
+    digest.update(encoder.fingerprint().encode())
+    for ex in examples:
+        digest.update(f"{ex.user_id}|{','.join(map(str, ex.history))}|{ex.target}\n".encode())
+    folder = Path(cache_dir) / f"tokenized-{digest.hexdigest()[:20]}"
+    if (folder / "dataset_info.json").is_file():
+        return datasets.load_from_disk(str(folder))
+    raw = datasets.Dataset.from_dict(
+        {
+            "user_id": [ex.user_id for ex in examples],
+            "history": [list(ex.history) for ex in examples],
+            "target": [ex.target for ex in examples],
+        }
+    )
+
+    def encode_batch(batch):
+        out = {"input_ids": [], "labels": []}
+        for user, history, target in zip(batch["user_id"], batch["history"], batch["target"]):
+            enc = encoder.encode(Example(user, tuple(history), target))
+            out["input_ids"].append(enc["input_ids"])
+            out["labels"].append(enc["labels"])
+        return out
+
+    encoded = raw.map(encode_batch, batched=True, batch_size=512, num_proc=num_proc, desc="tokenizing",
+                      remove_columns=["history"], load_from_cache_file=False)
+    encoded = encoded.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, batched=True, load_from_cache_file=False)
+    tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    encoded.save_to_disk(str(tmp))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished the same cache first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return datasets.load_from_disk(str(folder))

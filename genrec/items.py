@@ -1,0 +1,118 @@
+"""ItemIndex: every catalog item's completion as token ids, and a prefix trie over them.
+
+The trie is stored as flat tensors (CSR layout) so that decoding can expand all
+beams of all users with tensor ops, never walking Python dicts per beam:
+
+- ``child_ptr[n] .. child_ptr[n+1]`` are node n's outgoing edges,
+- ``edge_token[e]`` the token on edge e, ``edge_child[e]`` the node it leads to,
+- ``leaf_item[n]`` the catalog index a leaf node completes (-1 for inner nodes),
+- ``leaf_count[n]`` how many items lie under node n,
+- ``item_path[i]`` the nodes on item i's path (root excluded; -1 padded).
+
+Every sequence ends with the end token, so no item's sequence is a prefix of
+another's and every leaf is exactly one item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import torch
+
+from genrec.errors import DataError
+
+
+class ItemIndex:
+    def __init__(self, sequences: list[list[int]], names: list[str] | None = None):
+        if not sequences:
+            raise DataError("the catalog is empty: nothing to decode")
+        self.sequences = [list(map(int, s)) for s in sequences]
+        names = names or [str(i) for i in range(len(sequences))]
+        children: list[dict[int, int]] = [{}]
+        leaf_item = [-1]
+        paths = []
+        for item, seq in enumerate(self.sequences):
+            node, path = 0, []
+            for pos, tok in enumerate(seq):
+                if leaf_item[node] >= 0:
+                    raise DataError(f"items {names[leaf_item[node]]!r} and {names[item]!r} tokenize to prefix-sharing sequences")
+                nxt = children[node].get(tok)
+                if nxt is None:
+                    nxt = len(children)
+                    children[node][tok] = nxt
+                    children.append({})
+                    leaf_item.append(-1)
+                node = nxt
+                path.append(node)
+            if children[node]:
+                raise DataError(f"item {names[item]!r}'s token sequence is a prefix of another item's")
+            if leaf_item[node] >= 0:
+                raise DataError(
+                    f"items {names[leaf_item[node]]!r} and {names[item]!r} tokenize to the same ids; "
+                    "make their identifiers differ (data.item_text / items.id_format)"
+                )
+            leaf_item[node] = item
+            paths.append(path)
+        ptr, tokens, kids = [0], [], []
+        for node_children in children:
+            for tok, child in sorted(node_children.items()):
+                tokens.append(tok)
+                kids.append(child)
+            ptr.append(len(tokens))
+        self.num_items = len(self.sequences)
+        self.num_nodes = len(children)
+        self.child_ptr = torch.tensor(ptr, dtype=torch.long)
+        self.edge_token = torch.tensor(tokens, dtype=torch.long)
+        self.edge_child = torch.tensor(kids, dtype=torch.long)
+        self.leaf_item = torch.tensor(leaf_item, dtype=torch.long)
+        depth = max(len(p) for p in paths)
+        self.max_depth = depth
+        self.item_path = torch.full((self.num_items, depth), -1, dtype=torch.long)
+        for i, p in enumerate(paths):
+            self.item_path[i, : len(p)] = torch.tensor(p)
+        self.item_length = torch.tensor([len(s) for s in self.sequences], dtype=torch.long)
+        counts = torch.zeros(self.num_nodes + 1, dtype=torch.long)
+        counts.index_add_(0, (self.item_path + 1).flatten(), torch.ones(self.item_path.numel(), dtype=torch.long))
+        self.leaf_count = counts[1:].clone()
+        self.leaf_count[0] = self.num_items
+
+    @property
+    def fingerprint(self) -> str:
+        """Changes whenever any item's token sequence changes (a catalog or tokenizer change)."""
+        return hashlib.sha256(json.dumps(self.sequences).encode()).hexdigest()[:16]
+
+    def remaining_counts(self, excluded: list[set[int]]) -> torch.Tensor:
+        """[users, nodes]: items still allowed under each node once each user's excluded items are removed."""
+        rem = self.leaf_count.unsqueeze(0).repeat(len(excluded), 1)
+        for row, items in enumerate(excluded):
+            if items:
+                nodes = self.item_path[torch.tensor(sorted(items), dtype=torch.long)].flatten()
+                nodes = nodes[nodes >= 0]
+                rem[row].index_add_(0, nodes, -torch.ones_like(nodes))
+                rem[row, 0] -= len(items)
+        return rem
+
+    def allowed_tokens(self, prefix: list[int]) -> list[int]:
+        """Tokens allowed after ``prefix`` (a reference walk, used by the naive path and tests)."""
+        node = 0
+        for tok in prefix:
+            lo, hi = self.child_ptr[node].item(), self.child_ptr[node + 1].item()
+            match = (self.edge_token[lo:hi] == tok).nonzero()
+            if len(match) == 0:
+                return []
+            node = self.edge_child[lo + match[0, 0]].item()
+        lo, hi = self.child_ptr[node].item(), self.child_ptr[node + 1].item()
+        return self.edge_token[lo:hi].tolist()
+
+    def item_of(self, tokens: list[int]) -> int | None:
+        """The catalog index whose sequence is exactly ``tokens``, else None (a validity check)."""
+        node = 0
+        for tok in tokens:
+            lo, hi = self.child_ptr[node].item(), self.child_ptr[node + 1].item()
+            match = (self.edge_token[lo:hi] == tok).nonzero()
+            if len(match) == 0:
+                return None
+            node = self.edge_child[lo + match[0, 0]].item()
+        item = self.leaf_item[node].item()
+        return item if item >= 0 else None

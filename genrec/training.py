@@ -1,0 +1,158 @@
+"""Pieces of the training loop: batch order, collation, checkpoints, metrics log.
+
+The loop itself lives in ``recipes/finetune.py`` where it can be read in one go.
+Batch order is a pure function of (seed, epoch), so a resumed run replays the
+exact batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from genrec.encoding import IGNORE_INDEX
+from genrec.errors import CheckpointError
+
+STATE_DIR = "genrec_state"
+TEMPLATE_FILE = "prompt_template.yaml"
+CONFIG_FILE = "config.yaml"
+INFO_FILE = "genrec.json"
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group: int = 64) -> list[list[int]]:
+    """Shuffled batches of similar length (less padding): shuffle, sort within chunks of
+    ``group`` batches by length, cut into batches, shuffle the batch order."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(len(lengths), generator=gen).tolist()
+    chunk = batch_size * group
+    batches = []
+    for lo in range(0, len(order), chunk):
+        part = sorted(order[lo: lo + chunk], key=lambda i: lengths[i])
+        batches.extend(part[j: j + batch_size] for j in range(0, len(part), batch_size))
+    perm = torch.randperm(len(batches), generator=gen).tolist()
+    return [batches[i] for i in perm]
+
+
+def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
+    """Left-padded batch: every completion ends at the last column, so the loss needs
+    logits for the last ``logits_to_keep`` positions only (the prompt is ~95% of the tokens)."""
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    completion = 1
+    for i, r in enumerate(rows):
+        n = len(r["input_ids"])
+        ids[i, width - n:] = torch.tensor(r["input_ids"])
+        labels[i, width - n:] = torch.tensor(r["labels"])
+        mask[i, width - n:] = 1
+        completion = max(completion, sum(1 for t in r["labels"] if t != IGNORE_INDEX))
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels,
+            "logits_to_keep": completion + 1}
+
+
+def completion_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean cross-entropy over completion tokens, computing logits only where a label exists."""
+    keep = batch["logits_to_keep"]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"], logits_to_keep=keep, use_cache=False).logits
+    targets = batch["labels"][:, -keep + 1:]
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
+    )
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class MetricsLog:
+    """Append-only JSON lines; each line flushed so a crash loses nothing logged."""
+
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = Path(path), enabled
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+
+
+def write_checkpoint(folder: Path, peft_model, info: dict, config_text: str, template_text: str,
+                     optimizer=None, scheduler=None, trainer_state: dict | None = None) -> Path:
+    """Write an adapter folder atomically: everything goes to a temporary sibling, then one rename."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    peft_model.save_pretrained(str(tmp), safe_serialization=True)
+    (tmp / CONFIG_FILE).write_text(config_text)
+    (tmp / TEMPLATE_FILE).write_text(template_text)
+    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
+    if optimizer is not None:
+        state = tmp / STATE_DIR
+        state.mkdir()
+        torch.save(optimizer.state_dict(), state / "optimizer.pt")
+        torch.save(scheduler.state_dict(), state / "scheduler.pt")
+        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, state / "rng.pt")
+        (state / "trainer_state.json").write_text(json.dumps(trainer_state or {}, indent=2))
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def read_info(folder: Path) -> dict:
+    path = Path(folder) / INFO_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: not a genrec checkpoint ({INFO_FILE} missing)")
+    return json.loads(path.read_text())
+
+
+def load_training_state(folder: Path, optimizer, scheduler) -> dict:
+    state = Path(folder) / STATE_DIR
+    if not (state / "trainer_state.json").is_file():
+        raise CheckpointError(f"{folder}: no {STATE_DIR}/ to resume from")
+    optimizer.load_state_dict(torch.load(state / "optimizer.pt", weights_only=True))
+    scheduler.load_state_dict(torch.load(state / "scheduler.pt", weights_only=True))
+    rng = torch.load(state / "rng.pt", weights_only=False)  # python's RNG state is a plain tuple written by us
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    return json.loads((state / "trainer_state.json").read_text())
+
+
+def checkpoint_dirs(output_dir: Path) -> list[Path]:
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    done = [p for p in root.iterdir() if p.name.startswith("step-") and not p.name.endswith((".tmp", ".old"))
+            and (p / STATE_DIR / "trainer_state.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("-")[1]))
+
+
+def prune_checkpoints(output_dir: Path, keep: int) -> None:
+    for old in checkpoint_dirs(output_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,186 @@
+"""Fine-tune a decoder LLM with an adapter to generate the next item.
+
+    accelerate launch recipes/finetune.py --config recipes/configs/ml100k/smollm2_lora.yaml [section.key=value ...]
+    accelerate launch --cpu --num_processes 2 recipes/finetune.py --config ... run.output_dir=runs/x
+    python recipes/finetune.py --config ... run.resume=true      # continue exactly where it stopped
+
+Setup (validate data/template, tokenize, load model, attach adapter) → train
+(loss on the completion only, grad accumulation, clipping, schedule, periodic
+validation) → save (atomic checkpoints with adapter, optimizer/scheduler/RNG state,
+config and prompt template).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from genrec import __version__
+from genrec.config import load_config, parse_cli, save_config
+from genrec.data import sliding_windows
+from genrec.encoding import tokenized_dataset
+from genrec.evaluation import evaluation_users, rank_users, score
+from genrec.modeling import attach_adapter, load_base_model, resolve_dtype
+from genrec.recommender import Recommender, prepare
+from genrec.runtime import make_accelerator, run, set_threads, setup_logging
+from genrec.training import (MetricsLog, checkpoint_dirs, collate, completion_loss, epoch_batches, load_training_state,
+                             peak_rss_mb, prune_checkpoints, write_checkpoint)
+
+log = logging.getLogger("genrec")
+
+
+def build_scheduler(name: str, optimizer, warmup: int, total: int):
+    from transformers import get_scheduler
+
+    kind = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[name]
+    return get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def main(argv: list[str]) -> None:
+    cfg = load_config(*parse_cli(argv))
+    set_threads()
+    accelerator = make_accelerator(resolve_dtype(cfg.model.dtype))
+    setup_logging(accelerator.is_main_process)
+    torch.manual_seed(cfg.run.seed)
+    out = Path(cfg.run.output_dir)
+    resume_from = None
+    if cfg.run.resume:
+        found = checkpoint_dirs(out)
+        resume_from = found[-1] if found else None
+        if resume_from is None:
+            log.info("run.resume: no checkpoint in %s/checkpoints yet; starting fresh", out)
+
+    # ---- setup: everything the user wrote is validated before weights load
+    setup = prepare(cfg)
+    examples = sliding_windows(setup.split, cfg.data.max_history, cfg.data.min_history, cfg.data.train_windows_per_user)
+    if not examples:
+        raise SystemExit("genrec: error: no training windows (check data.min_history / data.train_windows_per_user)")
+    with accelerator.main_process_first():
+        data = tokenized_dataset(setup.encoder, examples, cfg.data.cache_dir or out / "cache")
+    lengths = data["length"]
+    log.info("%d training windows, %d users, %d items; mean length %.0f tokens",
+             len(data), len(setup.split.sequences), len(setup.split.catalog), sum(lengths) / len(lengths))
+
+    model = load_base_model(cfg.model, setup.model_path, for_training=True)
+    model = attach_adapter(model, cfg.adapter)
+    if resume_from is not None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        set_peft_model_state_dict(model, load_file(str(resume_from / "adapter_model.safetensors")))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    log.info("trainable parameters: %d (%.2f%%)", sum(p.numel() for p in trainable),
+             100 * sum(p.numel() for p in trainable) / sum(p.numel() for p in model.parameters()))
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    per_rank = len(epoch_batches(lengths, cfg.train.batch_size, cfg.run.seed, 0)) // world
+    steps_per_epoch = max(1, per_rank // cfg.train.grad_accum)
+    total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
+    scheduler = build_scheduler(cfg.train.scheduler, optimizer, int(cfg.train.warmup_ratio * total), total)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    step = 0
+    if resume_from is not None:
+        step = load_training_state(resume_from, optimizer, scheduler)["step"]
+        log.info("resumed from %s at step %d", resume_from, step)
+
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+    metrics = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
+    config_text = (out / "config.yaml").read_text() if accelerator.is_main_process else ""
+    info = {"genrec_version": __version__, "base_model": cfg.model.name_or_path, "model_path": str(setup.model_path),
+            "template_sha256": setup.template.sha256, "item_index": setup.index.fingerprint,
+            "identifier": cfg.items.identifier}
+    validation_users = evaluation_users(setup.split, cfg.train.eval_users, cfg.run.seed)
+
+    def save(folder: Path, with_state: bool = True) -> None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_checkpoint(folder, accelerator.unwrap_model(model), {**info, "step": step}, config_text,
+                             setup.template.text, optimizer if with_state else None, scheduler,
+                             {"step": step, "total_steps": total})
+        accelerator.wait_for_everyone()
+
+    def validate() -> float:
+        net = accelerator.unwrap_model(model)
+        net.eval()
+        rec = Recommender(net, setup)
+        mine = rank_users(rec, validation_users, "valid", 10, rank, world)
+        net.train()
+        gathered = {}
+        for part in accelerator.gather_for_metrics([mine], use_gather_object=True):
+            gathered.update(part)
+        return score(gathered, setup.split, validation_users, "valid", [10])["ndcg@10"]
+
+    # ---- train
+    model.train()
+    bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=not accelerator.is_main_process)
+    window_loss, window_tokens, window_start, epoch_cache = 0.0, 0, time.time(), {}
+    stop_at = min(total, cfg.train.halt_after_steps) if cfg.train.halt_after_steps else total
+    while step < stop_at:
+        epoch, within = divmod(step, steps_per_epoch)
+        if epoch not in epoch_cache:
+            epoch_cache = {epoch: epoch_batches(lengths, cfg.train.batch_size, cfg.run.seed, epoch)[: per_rank * world][rank::world]}
+        batches = epoch_cache[epoch]
+        for micro in range(cfg.train.grad_accum):
+            rows = data[batches[within * cfg.train.grad_accum + micro]]
+            batch = collate([{"input_ids": i, "labels": l} for i, l in zip(rows["input_ids"], rows["labels"])],
+                            setup.tokenizer.pad_token_id)
+            last = micro == cfg.train.grad_accum - 1
+            with accelerator.no_sync(model) if not last else contextlib.nullcontext():
+                with accelerator.autocast():
+                    loss = completion_loss(model, batch) / cfg.train.grad_accum
+                accelerator.backward(loss)
+            window_loss += loss.item()
+            window_tokens += int(batch["attention_mask"].sum())
+        if cfg.train.max_grad_norm:
+            accelerator.clip_grad_norm_(trainable, cfg.train.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        bar.update(1)
+
+        if step % cfg.train.log_every == 0 or step == stop_at:
+            n = cfg.train.log_every if step % cfg.train.log_every == 0 else (step % cfg.train.log_every)
+            loss_mean = accelerator.reduce(torch.tensor(window_loss / n), "mean").item()
+            tokens = accelerator.reduce(torch.tensor(window_tokens), "sum").item()
+            record = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": round(loss_mean, 5),
+                      "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(tokens / (time.time() - window_start), 1),
+                      "peak_rss_mb": round(peak_rss_mb(), 1)}
+            metrics.write(record)
+            bar.set_postfix(loss=f"{loss_mean:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            window_loss, window_tokens, window_start = 0.0, 0, time.time()
+        if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
+            ndcg = validate()
+            metrics.write({"step": step, "valid_ndcg@10": round(ndcg, 5), "valid_users": len(validation_users)})
+            log.info("step %d: validation NDCG@10 %.4f on %d users", step, ndcg, len(validation_users))
+        if cfg.train.save_every and step % cfg.train.save_every == 0 and step < stop_at:
+            save(out / "checkpoints" / f"step-{step:06d}")
+            if accelerator.is_main_process:
+                prune_checkpoints(out, cfg.train.keep_checkpoints)
+    bar.close()
+
+    if step < total:  # halted early: leave a resumable checkpoint, no final adapter
+        save(out / "checkpoints" / f"step-{step:06d}")
+        log.info("halted after step %d of %d; continue with run.resume=true", step, total)
+        return
+    ndcg = validate()
+    metrics.write({"step": step, "valid_ndcg@10": round(ndcg, 5), "valid_users": len(validation_users)})
+    log.info("final validation NDCG@10 %.4f on %d users", ndcg, len(validation_users))
+    save(out / "adapter")
+    log.info("adapter saved to %s", out / "adapter")
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))
