@@ -154,6 +154,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+# keys whose list items may contain commas (titles like "American President, The (1995)")
+LIST_SEPARATORS = {"recommend.history": "|"}
+BOOLEAN_LOOKING_CHOICES = {"prompt.chat"}
+
+
 def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
     """Convert a YAML/CLI value to the declared field type, or explain why not."""
     origin = typing.get_origin(tp)
@@ -164,20 +169,29 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
                 return None
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], key, where)
-    if value is None:
+    if value is None or (tp is not str and isinstance(value, str) and value.lower() in ("null", "none", "~")):
         raise ConfigError(f"{where}: '{key}' may not be null (expected {getattr(tp, '__name__', tp)})")
     if origin is list:
         (item_tp,) = args
+        if isinstance(value, str) and value.strip().startswith("{"):
+            raise ConfigError(f"{where}: '{key}' expects a list, found {value!r}")
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v]
+            if value.strip().startswith("["):
+                try:
+                    value = yaml.safe_load(value)
+                except yaml.YAMLError as e:
+                    raise ConfigError(f"{where}: '{key}' is not a valid [a, b, ...] list: {e}") from None
+            else:
+                sep = LIST_SEPARATORS.get(key, ",")
+                value = [v.strip() for v in value.split(sep) if v.strip()]
         if not isinstance(value, list):
             raise ConfigError(f"{where}: '{key}' expects a list, found {value!r}")
         return [_coerce(v, item_tp, key, where) for v in value]
     if tp is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
+        if isinstance(value, (str, int)) and str(value).lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return str(value).lower() in ("true", "yes", "on", "1")
         raise ConfigError(f"{where}: '{key}' expects true/false, found {value!r}")
     if tp is int:
         if isinstance(value, bool):
@@ -195,6 +209,8 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"{where}: '{key}' expects a number, found {value!r}") from None
     if tp is str:
+        if isinstance(value, bool) and key in BOOLEAN_LOOKING_CHOICES:  # YAML 1.1 reads on/off as booleans
+            return "on" if value else "off"
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{where}: '{key}' expects a string, found {value!r}")
         return str(value)
@@ -257,8 +273,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ConfigError(f"command line: override '{item}' must look like section.key=value")
         dotted, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw.strip() else ""
-        _set(cfg, dotted.strip(), value, "command line")
+        raw = raw.strip()
+        if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"":
+            raw = raw[1:-1]  # quotes that survived the shell
+        _set(cfg, dotted.strip(), raw, "command line")  # strings stay verbatim; _coerce parses per field type
     validate(cfg)
     return cfg
 
@@ -282,8 +300,8 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config: '{key}' must be >= 1, found {val}")
     if cfg.data.format != "atomic" and not cfg.data.interactions:
         raise ConfigError(f"config: data.format={cfg.data.format} needs data.interactions (the interactions file)")
-    if isinstance(cfg.recommend.history, list) and len(cfg.recommend.history) == 1 and "|" in cfg.recommend.history[0]:
-        cfg.recommend.history = [h.strip() for h in cfg.recommend.history[0].split("|") if h.strip()]
+    if cfg.eval.baselines and set(cfg.eval.baselines) - {"popularity"}:
+        raise ConfigError(f"config: eval.baselines may contain: popularity; found {cfg.eval.baselines}")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

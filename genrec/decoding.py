@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from genrec.items import ItemIndex
+from genrec.shared_prefix import PrefixState, shared_prefix_attention, supports
 
 NEG_INF = float("-inf")
 
@@ -69,8 +70,16 @@ def constrained_topk(
     excluded: list[set[int]] | None = None,
     length_penalty: float = 0.0,
     pad_id: int = 0,
+    shared_prefix: bool | None = None,
 ) -> list[list[tuple[int, float]]]:
-    """Top-``k`` catalog items per prompt, best first, as (catalog index, score)."""
+    """Top-``k`` catalog items per prompt, best first, as (catalog index, score).
+
+    ``num_beams`` is raised to ``k`` when smaller: with at least k live beams every
+    user gets min(k, items it may still receive) results. ``shared_prefix`` (default:
+    where the architecture supports it) keeps one copy of each prompt's K/V for all its
+    beams instead of a standard per-beam cache; both give the same ranking.
+    """
+    num_beams = max(num_beams, k)
     device = next(model.parameters()).device
     users = len(prompts)
     excluded = excluded or [set() for _ in prompts]
@@ -82,6 +91,11 @@ def constrained_topk(
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
     cache = out.past_key_values
     logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
+    if shared_prefix is None:
+        shared_prefix = supports(model)
+    state = PrefixState(cache, mask, num_beams) if shared_prefix else None
+    if state is not None:
+        del cache
 
     row_user = torch.arange(users, device=device)
     row_node = torch.zeros(users, dtype=torch.long, device=device)
@@ -118,23 +132,25 @@ def constrained_topk(
         if length_penalty == 0:
             go &= score > fin_score[user, -1]  # cannot reach this user's top-k any more
         rows, tokens, child, user, score, length = rows[go], tokens[go], child[go], user[go], score[go], length[go]
-        keep, _ = topn_per_group(user, score, num_beams)
+        keep, slot = topn_per_group(user, score, num_beams)
         if keep.numel() == 0:
             break
-        keep = keep.sort().values  # rows stay grouped by user, in a stable order
+        order = keep.argsort()  # rows stay grouped by user, in a stable order
+        keep, slot = keep[order], slot[order]
         parent = rows[keep]
-        cache.reorder_cache(parent)
-        mask = torch.cat([mask[parent], torch.ones((parent.numel(), 1), dtype=mask.dtype, device=device)], dim=1)
         row_pos = row_pos[parent] + 1
         row_user, row_node, row_score, row_len = user[keep], child[keep], score[keep], length[keep]
-        out = model(
-            input_ids=tokens[keep].unsqueeze(1),
-            attention_mask=mask,
-            position_ids=row_pos.unsqueeze(1),
-            past_key_values=cache,
-            use_cache=True,
-        )
-        cache = out.past_key_values
+        if state is not None:
+            state.select(parent, row_user, slot)
+            with shared_prefix_attention(model):
+                out = model(input_ids=tokens[keep].unsqueeze(1), position_ids=row_pos.unsqueeze(1),
+                            use_cache=False, genrec_prefix_state=state)
+        else:
+            cache.reorder_cache(parent)
+            mask = torch.cat([mask[parent], torch.ones((parent.numel(), 1), dtype=mask.dtype, device=device)], dim=1)
+            out = model(input_ids=tokens[keep].unsqueeze(1), attention_mask=mask, position_ids=row_pos.unsqueeze(1),
+                        past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
         logp = torch.log_softmax(out.logits[:, -1].float(), dim=-1)
 
     results = []

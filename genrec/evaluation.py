@@ -20,7 +20,8 @@ def evaluation_users(split: Split, n: int | None, seed: int) -> list[str]:
     users = split.eval_users
     if n is None or n >= len(users):
         return users
-    return sorted(random.Random(seed).sample(users, n), key=users.index)
+    position = {u: i for i, u in enumerate(users)}
+    return sorted(random.Random(seed).sample(users, n), key=position.__getitem__)
 
 
 def shard_batches(lengths: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import jinja2
 import yaml
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from genrec.data.catalog import Catalog, Item
 from genrec.data.splits import Example
@@ -34,7 +34,8 @@ from genrec.errors import TemplateError, suggest
 
 KNOWN_KEYS = ("name", "description", "system", "prompt", "completion")
 REQUIRED_KEYS = ("name", "prompt", "completion")
-_ENV = SandboxedEnvironment(
+_ENV = ImmutableSandboxedEnvironment(  # templates may read the catalog, never change it
+
     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False, autoescape=False
 )
 
@@ -74,11 +75,12 @@ class PromptTemplate:
         for key in ("prompt", "completion", "system"):
             if data.get(key) is None:
                 continue
+            name = f"{source}#{key}"  # the code's filename: lets render errors find their template line
             try:
-                self._compiled[key] = _ENV.from_string(data[key])
+                code = _ENV.compile(data[key], name=name, filename=name)
             except jinja2.TemplateSyntaxError as e:
                 raise TemplateError(f"{source}:{self._line_offset[key] + (e.lineno or 1)}: in '{key}': {e.message}") from None
-            self._compiled[key].name = f"{source}#{key}"  # lets render errors find their template line
+            self._compiled[key] = _ENV.template_class.from_code(_ENV, code, _ENV.make_globals(None), None)
 
     @classmethod
     def load(cls, path: str | Path) -> "PromptTemplate":
@@ -150,6 +152,13 @@ class PromptTemplate:
             raise TemplateError(
                 f"{self.source}: 'completion' renders the same text for different items; it must use {{{{ target }}}}"
             )
+        if len(sample) > 1:
+            other = Example(example.user_id, example.history, sample[0].index)
+            if self.render_prompt(other, catalog, identifier) != self.render_prompt(example, catalog, identifier):
+                raise TemplateError(
+                    f"{self.source}: 'prompt' changes with the target item: it would show the model the answer; "
+                    "use target/target_item only in 'completion'"
+                )
 
 
 class PromptFormatter:

@@ -53,7 +53,7 @@ class Catalog:
     @classmethod
     def build(cls, item_ids, item_frame: pd.DataFrame | None, text_format: str, id_format: str, source: str = "items") -> "Catalog":
         """Catalog over ``item_ids`` (those seen in interactions), text from ``item_frame`` if given."""
-        ids = sorted({str(i) for i in item_ids}, key=_natural_key)
+        ids = sorted({str(i) for i in item_ids}, key=lambda i: (_natural_key(i), i))  # total order: "1" vs "01"
         needed = _format_fields(text_format)
         if item_frame is not None:
             missing = [f for f in needed if f not in item_frame.columns and f != "item_id"]
@@ -65,7 +65,7 @@ class Catalog:
             records = item_frame.to_dict("index")
         else:
             records = {}
-        items, seen_text = [], {}
+        items, seen_text, taken = [], {}, set()
         for index, item_id in enumerate(ids):
             fields = {k: ("" if pd.isna(v) else v) for k, v in records.get(item_id, {}).items()}
             fields["item_id"] = item_id
@@ -77,9 +77,13 @@ class Catalog:
             else:
                 text = id_format.format(item_id=item_id)
             text = " ".join(text.split())  # one line, single spaces: identifiers must round-trip through a tokenizer
-            seen_text[text] = seen_text.get(text, 0) + 1
-            if seen_text[text] > 1:
-                text = f"{text} [{seen_text[text]}]"
+            if text in taken:
+                n = seen_text.get(text, 2)
+                while f"{text} [{n}]" in taken:
+                    n += 1
+                seen_text[text] = n + 1
+                text = f"{text} [{n}]"
+            taken.add(text)
             items.append(Item(index=index, item_id=item_id, text=text, plain_id=id_format.format(item_id=item_id), fields=fields))
         plain = [it.plain_id for it in items]
         if len(set(plain)) != len(plain):

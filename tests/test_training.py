@@ -1,0 +1,121 @@
+"""Training recipe on the tiny model: completion-only loss, checkpoints, exact resume, adapters, bnb."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from genrec.training import collate, completion_loss
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def test_completion_loss_matches_per_row_reference(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    rows = [{"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, -100, -100, 9, 10]},
+            {"input_ids": [11, 12, 13, 14], "labels": [-100, -100, -100, 14]}]
+    batched = completion_loss(model, collate(rows, pad_id=0)).item()
+    total, count = 0.0, 0
+    for r in rows:
+        out = model(input_ids=torch.tensor([r["input_ids"]]), labels=torch.tensor([r["labels"]]))
+        k = sum(t != -100 for t in r["labels"])
+        total, count = total + out.loss.item() * k, count + k
+    assert batched == pytest.approx(total / count, rel=1e-5)
+
+
+def test_checkpoint_is_a_peft_folder_with_state_config_and_template(tiny_overrides, tmp_path, tiny_model_dir):
+    finetune = load_recipe("finetune")
+    finetune.main(tiny_overrides + ["train.max_steps=3", "train.save_every=2"])
+    adapter = tmp_path / "run" / "adapter"
+    for name in ("adapter_model.safetensors", "adapter_config.json", "config.yaml", "prompt_template.yaml",
+                 "genrec.json", "genrec_state/optimizer.pt", "genrec_state/trainer_state.json"):
+        assert (adapter / name).is_file(), name
+    assert (tmp_path / "run" / "checkpoints" / "step-000002" / "adapter_model.safetensors").is_file()
+    assert not list((tmp_path / "run").rglob("*.tmp"))
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    loaded = PeftModel.from_pretrained(base, str(adapter))
+    saved = load_file(str(adapter / "adapter_model.safetensors"))
+    some = next(iter(saved))
+    assert any(torch.equal(p.detach(), saved[some]) for n, p in loaded.named_parameters() if "lora_" in n)
+    metrics = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "lr", "tokens_per_s", "peak_rss_mb"} <= set(metrics[0])
+    assert any("valid_ndcg@10" in m for m in metrics)
+
+
+def test_resume_equals_uninterrupted(tiny_overrides, tmp_path):
+    finetune = load_recipe("finetune")
+    common = [o for o in tiny_overrides if not o.startswith("run.output_dir")] + [
+        "train.max_steps=6", "adapter.dropout=0.1", "train.eval_users=2"]
+    full, parts = tmp_path / "full", tmp_path / "parts"
+    finetune.main(common + [f"run.output_dir={full}"])
+    finetune.main(common + [f"run.output_dir={parts}", "train.halt_after_steps=3"])
+    assert not (parts / "adapter").exists() and (parts / "checkpoints" / "step-000003").is_dir()
+    finetune.main(common + [f"run.output_dir={parts}", "run.resume=true"])
+    a = load_file(str(full / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(parts / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6)
+    assert losses(full) == pytest.approx(losses(parts), abs=1e-6)
+    assert len(losses(full)) == 6
+
+
+@pytest.mark.parametrize("method", ["dora", "loha", "ia3"])
+def test_other_adapter_families_train(tiny_overrides, tmp_path, method):
+    finetune = load_recipe("finetune")
+    extra = ["adapter.target_modules=[q_proj,v_proj,down_proj]", "adapter.feedforward_modules=[down_proj]"]
+    finetune.main(tiny_overrides + ["train.max_steps=2", f"adapter.method={method}", "train.lr=1e-2"] + extra)
+    cfg = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == {"dora": "LORA", "loha": "LOHA", "ia3": "IA3"}[method]
+    assert cfg.get("use_dora", False) == (method == "dora")
+    assert len(losses(tmp_path / "run")) == 2
+
+
+@pytest.mark.parametrize("quant", ["4bit", "8bit"])
+def test_quantized_lora_step_changes_only_the_adapter(tiny_overrides, tmp_path, quant):
+    pytest.importorskip("bitsandbytes")
+    from genrec.config import load_config
+    from genrec.modeling import attach_adapter, load_base_model
+
+    cfg = load_config(None, tiny_overrides + [f"model.quantization={quant}", "model.dtype=bfloat16"])
+    model = attach_adapter(load_base_model(cfg.model, for_training=True), cfg.adapter)
+    kinds = {type(m).__name__ for m in model.modules()}
+    assert ("Linear4bit" in kinds) if quant == "4bit" else ("Linear8bitLt" in kinds)
+    batch = collate([{"input_ids": [5, 6, 7, 8, 9], "labels": [-100, -100, -100, 8, 9]}] * 2, pad_id=0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        completion_loss(model, batch)  # bnb's CPU kernels repack 4-bit weights on first use
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = completion_loss(model, batch)
+        assert torch.isfinite(loss)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p.detach(), before[n])]
+    assert changed and all("lora_" in n for n in changed)
+    assert all(torch.equal(p.detach(), frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
