@@ -1,0 +1,58 @@
+"""The `genrec` command: prompt validation/rendering with loss marks, data summary, results table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from genrec.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_validate_shipped_templates(capsys):
+    files = sorted(str(p) for p in (REPO / "prompts").glob("*.yaml"))
+    assert main(["prompts", "validate", *files]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": ok (") == len(files) >= 2
+
+
+def test_validate_reports_file_and_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nprompt: |\n  line one\n  {{ histroy }}\ncompletion: \"{{ target }}\"\n")
+    assert main(["prompts", "validate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}:4" in err and "histroy" in err
+
+
+def test_render_marks_the_loss_tokens(tiny_overrides, capsys):
+    config = str(REPO / "recipes" / "configs" / "ml100k" / "smollm2_lora.yaml")
+    assert main(["prompts", "render", "--config", config, "--n", "2", *tiny_overrides]) == 0
+    out = capsys.readouterr().out
+    assert out.count("===== example") == 2
+    assert "<|im_start|>assistant" in out and "Which movie will they watch next?" in out
+    marked = out.split("\u00bb", 1)[1].split("\u00ab", 1)[0]
+    assert marked.endswith("<|im_end|>") and "(" in marked  # a title with its year, then the end token
+    assert "completion tokens (loss)" in out
+
+
+def test_data_summary(tiny_overrides, capsys):
+    config = str(REPO / "recipes" / "configs" / "ml100k" / "smollm2_lora.yaml")
+    assert main(["data", "--config", config, *tiny_overrides]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["users"] == 24 and stats["items"] == 30 and stats["eval_users"] == 24
+    assert stats["train_windows"] > 0
+
+
+def test_results_table(tmp_path, capsys):
+    metrics = {k: 0.1 for k in ["hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20", "valid_item_rate",
+                                "duplicate_rate", "coverage@10"]}
+    base = {"metrics": metrics, "protocol": {"users": 100, "adapter": None}, "baselines": {}}
+    tuned = {"metrics": {**metrics, "ndcg@10": 0.25}, "protocol": {"users": 943, "adapter": "runs/demo/tuned/adapter"},
+             "baselines": {"popularity": metrics}}
+    (tmp_path / "a.json").write_text(json.dumps(base))
+    (tmp_path / "b.json").write_text(json.dumps(tuned))
+    assert main(["results", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1].startswith("most-popular-unseen") and lines[2].startswith("untuned base model")
+    assert lines[3].startswith("tuned (tuned)") and "0.2500" in lines[3] and " 943" in lines[3]
