@@ -73,20 +73,20 @@ def _data(args) -> None:
 
 
 def results_table(paths: list[str]) -> str:
-    rows, popularity = [], None
+    """One row per eval_results.json, plus most-popular-unseen on each distinct user set (same users, same code)."""
+    rows, popularity = [], {}
     for path in paths:
         res = json.loads(Path(path).read_text())
         proto = res["protocol"]
-        name = "untuned base model" if not proto.get("adapter") else f"tuned ({Path(proto['adapter']).parent.name})"
+        name = "untuned base model" if not proto.get("adapter") else "tuned model"
         rows.append((name, res["metrics"], proto["users"]))
-        if popularity is None and "popularity" in res.get("baselines", {}):
-            popularity = ("most-popular-unseen", res["baselines"]["popularity"], proto["users"])
-    if popularity:
-        rows.insert(0, popularity)
+        if "popularity" in res.get("baselines", {}):
+            popularity.setdefault(proto["users"], ("most-popular-unseen", res["baselines"]["popularity"], proto["users"]))
+    rows = list(popularity.values()) + rows
     cols = ["hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20", "valid_item_rate", "duplicate_rate", "coverage@10"]
-    lines = [f"{'system':<28}{'users':>6}" + "".join(f"{c:>16}" for c in cols)]
+    lines = [f"{'system':<22}{'users':>6}" + "".join(f"{c:>16}" for c in cols)]
     for name, m, users in rows:
-        lines.append(f"{name:<28}{users:>6}" + "".join(f"{m[c]:>16.4f}" for c in cols))
+        lines.append(f"{name:<22}{users:>6}" + "".join(f"{m[c]:>16.4f}" for c in cols))
     return "\n".join(lines)
 
 

@@ -47,12 +47,15 @@ def test_data_summary(tiny_overrides, capsys):
 def test_results_table(tmp_path, capsys):
     metrics = {k: 0.1 for k in ["hit@10", "ndcg@10", "mrr@10", "hit@20", "ndcg@20", "valid_item_rate",
                                 "duplicate_rate", "coverage@10"]}
-    base = {"metrics": metrics, "protocol": {"users": 100, "adapter": None}, "baselines": {}}
+    base = {"metrics": metrics, "protocol": {"users": 100, "adapter": None},
+            "baselines": {"popularity": {**metrics, "ndcg@10": 0.05}}}
     tuned = {"metrics": {**metrics, "ndcg@10": 0.25}, "protocol": {"users": 943, "adapter": "runs/demo/tuned/adapter"},
              "baselines": {"popularity": metrics}}
     (tmp_path / "a.json").write_text(json.dumps(base))
     (tmp_path / "b.json").write_text(json.dumps(tuned))
     assert main(["results", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[1].startswith("most-popular-unseen") and lines[2].startswith("untuned base model")
-    assert lines[3].startswith("tuned (tuned)") and "0.2500" in lines[3] and " 943" in lines[3]
+    assert lines[1].startswith("most-popular-unseen") and " 100" in lines[1] and "0.0500" in lines[1]
+    assert lines[2].startswith("most-popular-unseen") and " 943" in lines[2]
+    assert lines[3].startswith("untuned base model")
+    assert lines[4].startswith("tuned model") and "0.2500" in lines[4] and " 943" in lines[4]

@@ -104,3 +104,17 @@ def test_shared_prefix_attention_matches_the_standard_cache(tiny):
     assert [[i for i, _ in r] for r in shared] == [[i for i, _ in r] for r in plain]
     for a, b in zip(shared, plain):
         assert [s for _, s in a] == pytest.approx([s for _, s in b], abs=1e-4)
+
+
+def test_plain_id_identifiers_decode_through_the_same_trie(tiny_model_dir, toy_data_dir):
+    cfg = load_config(None, [f"data.path={toy_data_dir}", "data.dataset=toy", f"model.name_or_path={tiny_model_dir}",
+                             "model.dtype=float32", "items.identifier=id", "prompt.template=prompts/next_item_id.yaml"])
+    setup = prepare(cfg)
+    tok = setup.tokenizer
+    assert tok.decode(setup.index.sequences[0][:-1]) == setup.split.catalog[0].plain_id == "item_1"
+    model = load_base_model(cfg.model, setup.model_path).eval()
+    user = setup.split.eval_users[0]
+    prompt = setup.encoder.prompt_ids(setup.split.example(user, "test", 5))
+    assert "item_" in tok.decode(prompt)
+    ranked = constrained_topk(model, [prompt], setup.index, k=10, num_beams=10, pad_id=tok.pad_token_id)[0]
+    assert len({i for i, _ in ranked}) == 10

@@ -119,3 +119,22 @@ def test_quantized_lora_step_changes_only_the_adapter(tiny_overrides, tmp_path, 
     changed = [n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p.detach(), before[n])]
     assert changed and all("lora_" in n for n in changed)
     assert all(torch.equal(p.detach(), frozen[n]) for n, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_inference_reuses_the_checkpoint_template_and_detects_catalog_changes(tiny_overrides, tmp_path):
+    from genrec.config import load_config
+    from genrec.errors import CheckpointError
+    from genrec.recommender import Recommender
+
+    finetune = load_recipe("finetune")
+    finetune.main(tiny_overrides + ["train.max_steps=1"])
+    saved = (tmp_path / "run" / "adapter" / "prompt_template.yaml").read_text()
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(saved.replace("Which movie will they watch next?", "Next movie?"))
+    cfg = load_config(None, tiny_overrides + [f"prompt.template={edited}"])
+    with pytest.warns(UserWarning, match="differs from the template this checkpoint was trained with"):
+        rec, folder = Recommender.load(cfg)
+    assert rec.setup.template.text == saved and folder == tmp_path / "run" / "adapter"
+    changed = load_config(None, tiny_overrides + ["data.item_text={movie_title}"])
+    with pytest.raises(CheckpointError, match="catalog or item identifiers changed"):
+        Recommender.load(changed)
