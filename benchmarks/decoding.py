@@ -42,23 +42,24 @@ def dict_trie(sequences: list[list[int]]) -> dict:
 def naive_topk(model, prompt: list[int], trie: dict, index, beams: int = 10) -> list[int]:
     start = len(prompt)
 
-    def allowed(_, ids):
+    end = index.sequences[0][-1]
+
+    def allowed(_, ids):  # a Python dict walk per beam per step, as the field does it
         node = trie
         for tok in ids[start:].tolist():
             node = node.get(tok)
-            if node is None:
-                return []
-        return list(node) or [model.generation_config.eos_token_id]
+            if node is None:  # a finished beam padded with the end token
+                return [end]
+        return list(node) or [end]
 
     ids = torch.tensor([prompt])
     out = model.generate(ids, attention_mask=torch.ones_like(ids), num_beams=beams, num_return_sequences=beams,
                          max_new_tokens=index.max_depth, prefix_allowed_tokens_fn=allowed, do_sample=False,
-                         length_penalty=0.0, early_stopping=True, eos_token_id=index.sequences[0][-1],
-                         pad_token_id=index.sequences[0][-1])
+                         length_penalty=0.0, early_stopping=True, eos_token_id=end, pad_token_id=end)
     items = []
     for row in out[:, start:].tolist():
-        end = row.index(index.sequences[0][-1]) + 1 if index.sequences[0][-1] in row else len(row)
-        item = index.item_of(row[:end])
+        stop = row.index(end) + 1 if end in row else len(row)
+        item = index.item_of(row[:stop])
         items.append(item if item is not None else -1)
     return items
 

@@ -61,7 +61,7 @@ def main(argv: list[str]) -> dict:
             adapter=str(checkpoint) if checkpoint else None, quantization=cfg.model.quantization,
             dtype=str(resolve_dtype(cfg.model.dtype)).replace("torch.", ""),
             template=recommender.setup.template.source, template_sha256=recommender.setup.template.sha256,
-            processes=accelerator.num_processes,
+            processes=accelerator.num_processes, threads=torch.get_num_threads(),
         ),
         "baselines": baseline_metrics(cfg, split, users, cfg.eval.split),
         "timing": {"seconds": round(elapsed, 1), "users_per_s": round(len(users) / elapsed, 3)},
