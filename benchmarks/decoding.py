@@ -9,12 +9,16 @@ fp32, one user at a time, 10 beams, 10 returned sequences (BIGRec/OpenP5 style).
 Both rank the whole ml-100k catalog (seen items allowed, so both search the same
 space) for the same seeded users; the naive path runs on the first
 ``--baseline-users`` of them. ``topk_agreement`` is the mean overlap@10 between the
-two top-10 lists on those users (1.0 = same sets). Last line: one JSON object.
+two top-10 lists on those users (1.0 = same sets); ``same_settings_agreement`` runs
+genrec's decoder with the naive path's settings (fp32, 10 beams) on the same users.
+Last line: one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import sys
 import time
@@ -99,6 +103,14 @@ def main() -> None:
 
     n = min(args.baseline_users, len(examples))
     overlap = sum(len({i for i, _ in fast[u][:10]} & set(naive[u][:10])) / 10 for u in range(n)) / n
+    # the same search as the naive path (fp32, 10 beams, top-10) through genrec's decoder: isolates the
+    # algorithm from the speed settings (bf16, 20 beams)
+    same_cfg = copy.deepcopy(setup.cfg)
+    same_cfg.decode.num_beams = 10
+    same = Recommender(base, dataclasses.replace(setup, cfg=same_cfg))
+    same_lists = same.rank(examples[:n], [set() for _ in range(n)], 10)
+    same_overlap = sum(len({i for i, _ in same_lists[u]} & set(naive[u][:10])) / 10 for u in range(n)) / n
+    same_identical = sum([i for i, _ in same_lists[u]] == naive[u][:10] for u in range(n)) / n
     returned = [i for r in fast for i, _ in r]
     result = {
         "users": len(examples),
@@ -109,6 +121,8 @@ def main() -> None:
         "speedup": round((len(examples) / fast_s) / (n / naive_s), 2),
         "topk_agreement": round(overlap, 4),
         "agreement_metric": "mean overlap@10 with the naive path's top-10",
+        "same_settings_agreement": round(same_overlap, 4),
+        "same_settings_identical_lists": round(same_identical, 4),
         "valid_item_rate": sum(0 <= i < setup.index.num_items for i in returned) / len(returned),
         "naive_valid_item_rate": sum(i >= 0 for r in naive for i in r) / sum(len(r) for r in naive),
         "mean_prompt_tokens": round(sum(len(setup.encoder.prompt_ids(e)) for e in examples) / len(examples), 1),
