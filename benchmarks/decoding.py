@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from genrec.config import load_config
 from genrec.evaluation import evaluation_users
 from genrec.modeling import load_adapter, load_base_model
-from genrec.recommender import Recommender, prepare
+from genrec.recommender import Recommender
 
 
 def dict_trie(sequences: list[list[int]]) -> dict:

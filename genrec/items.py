@@ -34,7 +34,7 @@ class ItemIndex:
         paths = []
         for item, seq in enumerate(self.sequences):
             node, path = 0, []
-            for pos, tok in enumerate(seq):
+            for tok in seq:
                 if leaf_item[node] >= 0:
                     raise DataError(f"items {names[leaf_item[node]]!r} and {names[item]!r} tokenize to prefix-sharing sequences")
                 nxt = children[node].get(tok)

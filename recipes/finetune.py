@@ -13,6 +13,7 @@ config and prompt template).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import sys
@@ -28,11 +29,12 @@ from genrec import __version__
 from genrec.config import load_config, parse_cli, save_config
 from genrec.data import sliding_windows
 from genrec.encoding import tokenized_dataset
+from genrec.errors import DataError
 from genrec.evaluation import evaluation_users, rank_users, score
 from genrec.modeling import attach_adapter, load_base_model, resolve_dtype
 from genrec.recommender import Recommender, prepare
 from genrec.runtime import make_accelerator, run, set_threads, setup_logging
-from genrec.training import (MetricsLog, checkpoint_dirs, collate, completion_loss, epoch_batches, load_training_state,
+from genrec.training import (STATE_DIR, MetricsLog, checkpoint_dirs, collate, completion_loss, epoch_batches, load_training_state,
                              peak_rss_mb, prune_checkpoints, write_checkpoint)
 
 log = logging.getLogger("genrec")
@@ -55,7 +57,10 @@ def main(argv: list[str]) -> None:
     resume_from = None
     if cfg.run.resume:
         found = checkpoint_dirs(out)
-        resume_from = found[-1] if found else None
+        if (out / "adapter" / STATE_DIR / "trainer_state.json").is_file():
+            found.append(out / "adapter")  # a finished run: resuming it is a no-op
+        resume_from = max(found, key=lambda p: json.loads((p / STATE_DIR / "trainer_state.json").read_text())["step"],
+                          default=None)
         if resume_from is None:
             log.info("run.resume: no checkpoint in %s/checkpoints yet; starting fresh", out)
 
@@ -63,7 +68,8 @@ def main(argv: list[str]) -> None:
     setup = prepare(cfg)
     examples = sliding_windows(setup.split, cfg.data.max_history, cfg.data.min_history, cfg.data.train_windows_per_user)
     if not examples:
-        raise SystemExit("genrec: error: no training windows (check data.min_history / data.train_windows_per_user)")
+        raise DataError("no training windows: every user's training part is shorter than data.min_history + 1 "
+                        "(or data.train_windows_per_user=0)")
     with accelerator.main_process_first():
         data = tokenized_dataset(setup.encoder, examples, cfg.data.cache_dir or out / "cache")
     lengths = data["length"]
@@ -92,6 +98,9 @@ def main(argv: list[str]) -> None:
     if resume_from is not None:
         step = load_training_state(resume_from, optimizer, scheduler)["step"]
         log.info("resumed from %s at step %d", resume_from, step)
+        if step >= total and resume_from.name == "adapter":
+            log.info("training already finished (%d of %d steps); adapter at %s", step, total, resume_from)
+            return
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

@@ -138,3 +138,14 @@ def test_inference_reuses_the_checkpoint_template_and_detects_catalog_changes(ti
     changed = load_config(None, tiny_overrides + ["data.item_text={movie_title}"])
     with pytest.raises(CheckpointError, match="catalog or item identifiers changed"):
         Recommender.load(changed)
+
+
+def test_resume_of_a_finished_run_is_a_no_op(tiny_overrides, tmp_path):
+    finetune = load_recipe("finetune")
+    finetune.main(tiny_overrides + ["train.max_steps=2"])
+    adapter = tmp_path / "run" / "adapter" / "adapter_model.safetensors"
+    stamp = adapter.stat().st_mtime_ns
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text()
+    finetune.main(tiny_overrides + ["train.max_steps=2", "run.resume=true"])
+    assert adapter.stat().st_mtime_ns == stamp
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == lines
