@@ -38,12 +38,13 @@ def rank_users(recommender, users: list[str], split_name: str, k: int, rank: int
     max_history = setup.cfg.data.max_history
     examples = [setup.split.example(u, split_name, max_history) for u in users]
     exclude = setup.cfg.decode.exclude_seen
-    lengths = [len(setup.encoder.prompt_ids(ex)) for ex in examples]
-    mine = [i for batch in shard_batches(lengths, setup.cfg.decode.batch_users, rank, world) for i in batch]
+    prompts = [setup.encoder.prompt_ids(ex) for ex in examples]
+    mine = [i for batch in shard_batches([len(p) for p in prompts], setup.cfg.decode.batch_users, rank, world)
+            for i in batch]
     ranked = recommender.rank(
         [examples[i] for i in mine],
         [setup.split.seen(users[i], split_name) if exclude else set() for i in mine],
-        k, progress=progress, desc=f"{split_name} users (process {rank})",
+        k, progress=progress, desc=f"{split_name} users (process {rank})", prompts=[prompts[i] for i in mine],
     )
     return {users[i]: r for i, r in zip(mine, ranked)}
 

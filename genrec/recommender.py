@@ -111,9 +111,10 @@ class Recommender:
         return cls(model, setup), folder
 
     def rank(self, examples: list[Example], excluded: list[set[int]], k: int, progress: bool = False,
-             desc: str = "decoding") -> list[list[tuple[int, float]]]:
+             desc: str = "decoding", prompts: list[list[int]] | None = None) -> list[list[tuple[int, float]]]:
+        """Top-k per example; ``prompts`` (token ids) may be passed when already encoded."""
         dcfg = self.setup.cfg.decode
-        prompts = [self.setup.encoder.prompt_ids(ex) for ex in examples]
+        prompts = prompts or [self.setup.encoder.prompt_ids(ex) for ex in examples]
         out = []
         bar = tqdm(total=len(examples), desc=desc, disable=not progress, unit="user")
         for lo in range(0, len(examples), dcfg.batch_users):
