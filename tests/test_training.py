@@ -149,3 +149,25 @@ def test_resume_of_a_finished_run_is_a_no_op(tiny_overrides, tmp_path):
     finetune.main(tiny_overrides + ["train.max_steps=2", "run.resume=true"])
     assert adapter.stat().st_mtime_ns == stamp
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == lines
+
+
+def test_gradient_through_a_4bit_layer_matches_its_dequantized_weights():
+    """bitsandbytes' CPU 4-bit kernel warns it has no autograd kernel; LoRA below it still needs the right
+    input gradient, so compare with the same matmul on the dequantized weight."""
+    bnb = pytest.importorskip("bitsandbytes")
+    import bitsandbytes.functional as bnbf
+
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(64, 64, bias=False)
+    layer = bnb.nn.Linear4bit(64, 64, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
+    layer.weight = bnb.nn.Params4bit(dense.weight.data.clone(), requires_grad=False, quant_type="nf4")
+    layer = layer.to("cpu")  # quantizes the weight
+    x = torch.randn(2, 5, 64)
+    with torch.no_grad():
+        layer(x.to(torch.bfloat16))  # quantizes/packs on first use
+    weight = bnbf.dequantize_4bit(layer.weight.data, layer.weight.quant_state).float()
+    xq = x.clone().to(torch.bfloat16).requires_grad_(True)
+    xr = x.clone().requires_grad_(True)
+    layer(xq).float().sum().backward()
+    (xr @ weight.t()).sum().backward()
+    torch.testing.assert_close(xq.grad.float(), xr.grad, atol=0.03, rtol=0.02)
