@@ -6,7 +6,6 @@ import numpy as np
 
 from genrec.data.splits import Split
 
-BASELINES = ("popularity",)
 
 
 def most_popular_unseen(split: Split, users: list[str], split_name: str, k: int, exclude_seen: bool = True) -> list[list[int]]:

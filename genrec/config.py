@@ -141,6 +141,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
+BASELINES = ("popularity",)  # the non-LLM systems genrec.baselines implements
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("atomic", "csv", "tsv", "jsonl", "parquet"),
     "items.identifier": ("title", "id"),
@@ -300,8 +301,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config: '{key}' must be >= 1, found {val}")
     if cfg.data.format != "atomic" and not cfg.data.interactions:
         raise ConfigError(f"config: data.format={cfg.data.format} needs data.interactions (the interactions file)")
-    if cfg.eval.baselines and set(cfg.eval.baselines) - {"popularity"}:
-        raise ConfigError(f"config: eval.baselines may contain: popularity; found {cfg.eval.baselines}")
+    unknown = [b for b in cfg.eval.baselines if b not in BASELINES]
+    if unknown:
+        raise ConfigError(f"config: eval.baselines: unknown {unknown}; available: {', '.join(BASELINES)}")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

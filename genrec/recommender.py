@@ -8,7 +8,6 @@ and refuses a checkpoint whose item index no longer matches the catalog.
 
 from __future__ import annotations
 
-import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,9 +24,6 @@ from genrec.items import ItemIndex
 from genrec.modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
 from genrec.prompts import PromptFormatter, PromptTemplate
 from genrec.training import TEMPLATE_FILE, read_info
-
-log = logging.getLogger("genrec")
-
 
 @dataclass
 class Setup:
