@@ -118,3 +118,73 @@ def test_plain_id_identifiers_decode_through_the_same_trie(tiny_model_dir, toy_d
     assert "item_" in tok.decode(prompt)
     ranked = constrained_topk(model, [prompt], setup.index, k=10, num_beams=10, pad_id=tok.pad_token_id)[0]
     assert len({i for i, _ in ranked}) == 10
+
+
+def _reference_beam_search(model, prompt, index, k, num_beams, excluded):
+    """Plain-Python beam search on exact prefix scores: returns (top-k items, prefixes the beam pruned)."""
+    allowed = [tuple(index.sequences[i]) for i in range(index.num_items) if i not in excluded]
+    item_of = {seq: i for i, seq in enumerate(map(tuple, index.sequences))}
+    beams, finished, pruned = [((), 0.0)], {}, set()
+    while beams:
+        candidates = []
+        for prefix, score in beams:
+            with torch.no_grad():
+                logits = model(input_ids=torch.tensor([list(prompt) + list(prefix)])).logits[0, -1]
+            logp = torch.log_softmax(logits.float(), -1)
+            for tok in sorted({seq[len(prefix)] for seq in allowed if seq[: len(prefix)] == prefix and len(seq) > len(prefix)}):
+                child, child_score = prefix + (tok,), score + logp[tok].item()
+                if child in item_of:
+                    finished[item_of[child]] = child_score
+                else:
+                    candidates.append((child, child_score))
+        kth = sorted(finished.values(), reverse=True)[k - 1] if len(finished) >= k else float("-inf")
+        candidates = sorted((c for c in candidates if c[1] > kth), key=lambda c: -c[1])
+        pruned |= {prefix for prefix, _ in candidates[num_beams:]}
+        beams = candidates[:num_beams]
+    return sorted(finished, key=lambda i: -finished[i])[:k], pruned
+
+
+def test_narrow_beam_differs_from_exhaustive_only_where_the_beam_pruned(tiny):
+    """The issue's correctness rule: beam search may miss an exhaustive top-k item only when a prefix of
+    that item fell out of the beam (or on exact ties). A slow step-by-step reference search records what it
+    pruned; the fast path must return exactly its items, and every exhaustive top-k item missing from them
+    must have a pruned prefix."""
+    setup, model, prompts, seen = tiny
+    k, beams = 6, 2
+    explained = 0
+    for prompt, excluded in zip(prompts, seen):
+        fast = constrained_topk(model, [prompt], setup.index, k=k, num_beams=beams, excluded=[excluded],
+                                pad_id=setup.tokenizer.pad_token_id)[0]
+        items, pruned = _reference_beam_search(model, prompt, setup.index, k, max(beams, k), excluded)
+        assert [i for i, _ in fast] == items
+        exact = score_items(model, prompt, setup.index)
+        exact[list(excluded)] = float("-inf")
+        for missing in set(torch.topk(exact, k).indices.tolist()) - set(items):
+            seq = tuple(setup.index.sequences[missing])
+            assert any(seq[:d] in pruned for d in range(1, len(seq))), f"item {missing} lost without pruning"
+            explained += 1
+    assert explained > 0  # the case is exercised: narrow beams do lose some exhaustive top-k items here
+
+
+def test_output_layer_runs_in_fp32_under_a_bf16_body(tiny_model_dir):
+    """bf16 logits of large magnitude sit on a coarse grid; the fp32 head keeps log-probs close to fp32's."""
+    from transformers import AutoModelForCausalLM
+
+    from genrec.decoding import NextTokenLogProbs
+
+    ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref.get_output_embeddings().weight.mul_(40.0)  # logits of magnitude ~10-30, as in real LMs
+    low = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    low.load_state_dict(ref.state_dict())
+    low = low.to(torch.bfloat16)
+    ids = torch.tensor([[5, 9, 13, 40, 7, 22]])
+    with torch.no_grad():
+        exact = torch.log_softmax(ref(input_ids=ids).logits[:, -1], -1)
+        bf16_head = torch.log_softmax(low(input_ids=ids).logits[:, -1].float(), -1)
+        fp32_head, _ = NextTokenLogProbs(low)(input_ids=ids)
+    assert fp32_head.dtype == torch.float32
+    top = exact[0].topk(20).indices  # the tokens that decide rankings
+    err_fp32 = (fp32_head[0, top] - exact[0, top]).abs().mean()
+    err_bf16 = (bf16_head[0, top] - exact[0, top]).abs().mean()
+    assert err_fp32 < err_bf16 / 2, (err_fp32, err_bf16)
