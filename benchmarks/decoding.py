@@ -1,6 +1,7 @@
 """Constrained top-K speed: genrec's decoder vs the path the field uses today, in one run.
 
-    .venv/bin/python benchmarks/decoding.py [--users 64] [--baseline-users 8] [--history 20] [--adapter DIR]
+    .venv/bin/python benchmarks/decoding.py [--users 64] [--baseline-users 16] [--exact-users 8]
+        [--history 20] [--adapter DIR] [--dtype auto|float32|bfloat16]
 
 Fast path: genrec's batched trie-tensor beam search (model.dtype=auto, fp32 output
 layer, shared-prefix attention, decode.batch_users users per forward). Timed at the
@@ -104,9 +105,10 @@ def main() -> None:
     parser.add_argument("--exact-users", type=int, default=8, help="users for the exact reference (0: skip)")
     parser.add_argument("--history", type=int, default=20)
     parser.add_argument("--adapter", default=None, help="adapter folder (default: the untuned base model)")
+    parser.add_argument("--dtype", default="auto", help="the fast path's model.dtype")
     args = parser.parse_args()
     overrides = [f"data.max_history={args.history}", "decode.exclude_seen=false",
-                 f"run.checkpoint={args.adapter or 'base'}"]
+                 f"run.checkpoint={args.adapter or 'base'}", f"model.dtype={args.dtype}"]
     cfg = load_config(args.config, overrides)
     recommender, _ = Recommender.load(cfg)
     setup = recommender.setup
@@ -119,7 +121,7 @@ def main() -> None:
     narrow = with_beams(recommender, recommender.model, 10)
     fast10, fast10_s = timed_rank(narrow, examples, 10)
 
-    fp32 = load_config(args.config, overrides + ["model.dtype=float32"])
+    fp32 = load_config(args.config, overrides[:-1] + ["model.dtype=float32"])
     base = load_base_model(fp32.model, setup.model_path)
     if args.adapter:
         base = load_adapter(base, Path(args.adapter)).merge_and_unload()

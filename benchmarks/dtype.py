@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genrec.config import AdapterConfig, ModelConfig
 from genrec.modeling import attach_adapter, resolve_dtype, resolve_model_path
-from genrec.training import collate, completion_loss
+from genrec.training import collate, training_loss
 
 
 def measure(dtype_name: str, tokens: int, repeats: int) -> dict:
@@ -46,8 +46,8 @@ def measure(dtype_name: str, tokens: int, repeats: int) -> dict:
     batch = collate([{"input_ids": r.tolist(), "labels": [-100] * 244 + r.tolist()[244:]} for r in ids], pad_id=0)
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
-            loss = completion_loss(model, batch)
+        bf16 = dtype == torch.bfloat16
+        loss = training_loss(model, batch, torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16), bf16)
         loss.backward()
         opt.step()
         opt.zero_grad()

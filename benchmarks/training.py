@@ -8,8 +8,9 @@ own subprocess so that peak RSS is its own:
 
 - ``trainer_fp32``: transformers.Trainer, fp32, right padding, HF's loss over all logits;
 - ``genrec_fp32`` / ``genrec_bf16`` / ``genrec_8bit`` / ``genrec_nf4``: the loop of
-  recipes/finetune.py (left padding, logits only for completion positions; bf16
-  autocast; bitsandbytes base weights for 8bit/nf4).
+  recipes/finetune.py (``training_loss``: left padding, logits only at completion
+  positions; bf16 autocast with fp32 adapter weights computing in bf16; bitsandbytes
+  base weights for 8bit/nf4).
 
 Also measures a bf16 matmul peak on this CPU and the fraction of it the bf16 loop
 reaches (training FLOPs/token ≈ 4 × non-embedding parameters: forward + input
@@ -48,7 +49,7 @@ def examples(history: int, count: int):
 def worker(mode: str, steps: int, batch: int, history: int) -> dict:
     from genrec.config import AdapterConfig, ModelConfig
     from genrec.modeling import attach_adapter, load_base_model
-    from genrec.training import collate, completion_loss, peak_rss_mb
+    from genrec.training import collate, peak_rss_mb, training_loss
 
     setup, rows = examples(history, (steps + 1) * batch)
     batches = [rows[i * batch:(i + 1) * batch] for i in range(steps + 1)]
@@ -91,8 +92,8 @@ def worker(mode: str, steps: int, batch: int, history: int) -> dict:
         for i, b in enumerate(batches):
             if i == 1:
                 start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-                loss = completion_loss(model, collate(b, pad))
+            autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16)
+            loss = training_loss(model, collate(b, pad), autocast, use_bf16)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             opt.step()

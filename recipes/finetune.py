@@ -34,8 +34,8 @@ from genrec.evaluation import evaluation_users, rank_users, score
 from genrec.modeling import attach_adapter, load_base_model, resolve_dtype
 from genrec.recommender import Recommender, prepare
 from genrec.runtime import make_accelerator, run, set_threads, setup_logging
-from genrec.training import (STATE_DIR, MetricsLog, checkpoint_dirs, collate, completion_loss, epoch_batches, load_training_state,
-                             peak_rss_mb, prune_checkpoints, write_checkpoint)
+from genrec.training import (STATE_DIR, MetricsLog, checkpoint_dirs, collate, epoch_batches, load_training_state,
+                             peak_rss_mb, prune_checkpoints, training_loss, write_checkpoint)
 
 log = logging.getLogger("genrec")
 
@@ -132,6 +132,7 @@ def main(argv: list[str]) -> None:
         return score(gathered, setup.split, validation_users, "valid", [10])["ndcg@10"]
 
     # ---- train
+    mixed = accelerator.mixed_precision != "no"
     model.train()
     bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=not accelerator.is_main_process)
     window_loss, window_tokens, window_start, epoch_cache = 0.0, 0, time.time(), {}
@@ -147,8 +148,7 @@ def main(argv: list[str]) -> None:
                             setup.tokenizer.pad_token_id)
             last = micro == cfg.train.grad_accum - 1
             with accelerator.no_sync(model) if not last else contextlib.nullcontext():
-                with accelerator.autocast():
-                    loss = completion_loss(model, batch) / cfg.train.grad_accum
+                loss = training_loss(model, batch, accelerator.autocast(), mixed) / cfg.train.grad_accum
                 accelerator.backward(loss)
             window_loss += loss.item()
             window_tokens += int(batch["attention_mask"].sum())

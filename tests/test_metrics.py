@@ -234,18 +234,17 @@ def test_collate_left_pads():
         [-100, -100, -100, 4, 5], [-100, -100, -100, 8, 9], [-100, -100, 11, 12, 13]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [0, 1, 1, 1, 1]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4], [0, 0, 0, 1, 2], [0, 0, 1, 2, 3]]
-    assert batch["logits_to_keep"] == 4  # longest completion (3) + 1
     assert batch["input_ids"].dtype == torch.long and batch["labels"].dtype == torch.long
-    # every label sits inside the last logits_to_keep - 1 columns (what completion_loss reads)
-    keep = batch["logits_to_keep"]
-    assert (batch["labels"][:, : -keep + 1] == -100).all()
+    # logits are kept exactly where the next token is a label
+    assert batch["loss_positions"].tolist() == [
+        [False, False, True, True, False], [False, False, True, True, False], [False, True, True, True, False]]
 
 
 def test_collate_pad_id_and_no_completion():
     batch = collate([{"input_ids": [4, 5], "labels": [-100, -100]}, {"input_ids": [6], "labels": [-100]}], pad_id=99)
     assert batch["input_ids"].tolist() == [[4, 5], [99, 6]]
     assert (batch["labels"] == -100).all()
-    assert batch["logits_to_keep"] == 2  # at least one completion position
+    assert not batch["loss_positions"].any()
 
 
 # --------------------------------------------------------------------------- logs and atomic writes

@@ -171,3 +171,39 @@ def test_gradient_through_a_4bit_layer_matches_its_dequantized_weights():
     layer(xq).float().sum().backward()
     (xr @ weight.t()).sum().backward()
     torch.testing.assert_close(xq.grad.float(), xr.grad, atol=0.03, rtol=0.02)
+
+
+def test_bf16_training_loss_keeps_fp32_adapter_weights_and_gradients(tiny_model_dir):
+    """Adapters compute in bf16 under autocast (no fp32 up-cast of their inputs) yet train fp32 weights,
+    and the loss and gradients stay close to peft's default casting."""
+    from genrec.config import AdapterConfig
+    from genrec.modeling import attach_adapter
+    from genrec.training import training_loss
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.bfloat16)
+    model = attach_adapter(base, AdapterConfig(dropout=0.0))
+    for n, p in model.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.05)  # non-zero B so every adapter weight gets a gradient
+    batch = collate([{"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, -100, -100, 9, 10]}] * 2, pad_id=0)
+    results = {}
+    for mixed in (True, False):
+        model.zero_grad()
+        seen = []
+        hook = [m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
+                for n, m in model.named_modules() if n.endswith("q_proj.lora_A.default")]
+        loss = training_loss(model, batch, torch.autocast("cpu", dtype=torch.bfloat16), mixed)
+        loss.backward()
+        for h in hook:
+            h.remove()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+        assert all(g.dtype == torch.float32 for g in grads.values())
+        results[mixed] = (loss.item(), grads, set(seen))
+    assert results[True][2] == {torch.bfloat16} and results[False][2] == {torch.float32}
+    assert results[True][0] == pytest.approx(results[False][0], rel=2e-2)
+    for n, g in results[True][1].items():
+        ref = results[False][1][n]
+        assert torch.allclose(g, ref, atol=0.05 * ref.abs().max().item() + 1e-6), n
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
