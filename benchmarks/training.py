@@ -57,8 +57,13 @@ def worker(mode: str, steps: int, batch: int, history: int) -> dict:
     adapter = AdapterConfig(dropout=0.0)
 
     if mode == "trainer_fp32":
-        from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
         import datasets
+        from transformers import (
+            DataCollatorForSeq2Seq,
+            Trainer,
+            TrainerCallback,
+            TrainingArguments,
+        )
 
         model = load_base_model(ModelConfig(dtype="float32"), setup.model_path, for_training=True)
         model = attach_adapter(model, adapter)

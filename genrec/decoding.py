@@ -14,8 +14,8 @@ as ``generate`` with ``prefix_allowed_tokens_fn``), divided by
 ``length ** length_penalty``. The output layer runs in fp32 even when the model
 body runs in bf16: a bf16 logit of magnitude 20 is rounded to a 0.125 grid, and
 summed over a dozen title tokens that noise reorders close items (measured on
-ml-100k: top-10 overlap with an fp32 search 0.89 with a bf16 head, 0.99 with an
-fp32 head, at the same speed). With ``length_penalty == 0`` extending a beam can
+ml-100k, tuned demo model, 16 users, 10 beams: top-10 overlap with an fp32 search
+0.89 with a bf16 head, 0.99 with an fp32 head, at the same speed). With ``length_penalty == 0`` extending a beam can
 only lower its score, so beams below the user's K-th finished score are
 dropped (exact early stopping).
 """

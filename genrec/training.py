@@ -7,7 +7,6 @@ exact batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random

@@ -176,10 +176,11 @@ def test_gradient_through_a_4bit_layer_matches_its_dequantized_weights():
 def test_bf16_training_loss_keeps_fp32_adapter_weights_and_gradients(tiny_model_dir):
     """Adapters compute in bf16 under autocast (no fp32 up-cast of their inputs) yet train fp32 weights,
     and the loss and gradients stay close to peft's default casting."""
+    from transformers import AutoModelForCausalLM
+
     from genrec.config import AdapterConfig
     from genrec.modeling import attach_adapter
     from genrec.training import training_loss
-    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.bfloat16)
@@ -192,7 +193,7 @@ def test_bf16_training_loss_keeps_fp32_adapter_weights_and_gradients(tiny_model_
     for mixed in (True, False):
         model.zero_grad()
         seen = []
-        hook = [m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].dtype))
+        hook = [m.register_forward_pre_hook(lambda mod, args, seen=seen: seen.append(args[0].dtype))
                 for n, m in model.named_modules() if n.endswith("q_proj.lora_A.default")]
         loss = training_loss(model, batch, torch.autocast("cpu", dtype=torch.bfloat16), mixed)
         loss.backward()
