@@ -78,7 +78,10 @@ def results_table(paths: list[str]) -> str:
     for path in paths:
         res = json.loads(Path(path).read_text())
         proto = res["protocol"]
-        name = "untuned base model" if not proto.get("adapter") else "tuned model"
+        if proto.get("model") == "SASRec":  # recipes/sasrec.py
+            name = "SASRec"
+        else:
+            name = "untuned base model" if not proto.get("adapter") else "tuned model"
         rows.append((name, res["metrics"], proto["users"]))
         if "popularity" in res.get("baselines", {}):
             popularity.setdefault(proto["users"], ("most-popular-unseen", res["baselines"]["popularity"], proto["users"]))

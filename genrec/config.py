@@ -125,6 +125,29 @@ class RecommendConfig:
 
 
 @dataclass
+class SASRecConfig:
+    """recipes/sasrec.py: the SASRec baseline (Kang & McAuley 2018); defaults mirror RecBole 1.2.1's SASRec."""
+    hidden: int = 64  # embedding and hidden size
+    inner: int = 256  # feed-forward inner size
+    layers: int = 2  # transformer blocks
+    heads: int = 2  # attention heads (hidden must divide by heads)
+    hidden_dropout: float = 0.5  # on embeddings, attention output and feed-forward output
+    attn_dropout: float = 0.5  # on attention weights
+    norm_first: bool = False  # false = post-LN (RecBole, the original paper); true = pre-LN
+    layer_norm_eps: float = 1e-12
+    init_std: float = 0.02  # normal init of weights and embeddings
+    max_len: int = 50  # most recent items the model reads
+    stride: int = 25  # training windows of max_len+1 items step back this far (< max_len: every target sees >= max_len - stride items of context)
+    lr: float = 1e-3  # Adam
+    weight_decay: float = 0.0
+    batch_size: int = 128  # training windows per step (each carries up to max_len targets)
+    epochs: int = 300  # at most
+    patience: int = 10  # stop after this many validations without a better validation NDCG@10
+    eval_batch: int = 512  # users scored together
+    retrain: bool = True  # false: reuse <output_dir>/sasrec.pt when it matches the catalog and these settings
+
+
+@dataclass
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -136,6 +159,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    sasrec: SASRecConfig = field(default_factory=SASRecConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -301,9 +325,28 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config: '{key}' must be >= 1, found {val}")
     if cfg.data.format != "atomic" and not cfg.data.interactions:
         raise ConfigError(f"config: data.format={cfg.data.format} needs data.interactions (the interactions file)")
+    _validate_sasrec(cfg.sasrec)
     unknown = [b for b in cfg.eval.baselines if b not in BASELINES]
     if unknown:
         raise ConfigError(f"config: eval.baselines: unknown {unknown}; available: {', '.join(BASELINES)}")
+
+
+def _validate_sasrec(s: SASRecConfig) -> None:
+    for key in ("hidden", "inner", "layers", "heads", "max_len", "stride", "batch_size", "epochs", "patience", "eval_batch"):
+        if getattr(s, key) < 1:
+            raise ConfigError(f"config: 'sasrec.{key}' must be >= 1, found {getattr(s, key)}")
+    if s.hidden % s.heads:
+        raise ConfigError(f"config: 'sasrec.hidden'={s.hidden} must be a multiple of 'sasrec.heads'={s.heads}")
+    if s.stride > s.max_len:
+        raise ConfigError(f"config: 'sasrec.stride'={s.stride} must be <= 'sasrec.max_len'={s.max_len} (or items go unseen)")
+    for key in ("hidden_dropout", "attn_dropout"):
+        if not 0.0 <= getattr(s, key) < 1.0:
+            raise ConfigError(f"config: 'sasrec.{key}' must be in [0, 1), found {getattr(s, key)}")
+    for key in ("lr", "layer_norm_eps", "init_std"):
+        if getattr(s, key) <= 0:
+            raise ConfigError(f"config: 'sasrec.{key}' must be > 0, found {getattr(s, key)}")
+    if s.weight_decay < 0:
+        raise ConfigError(f"config: 'sasrec.weight_decay' must be >= 0, found {s.weight_decay}")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
