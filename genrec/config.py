@@ -142,7 +142,7 @@ class SASRecConfig:
     weight_decay: float = 0.0
     batch_size: int = 128  # training windows per step (each carries up to max_len targets)
     epochs: int = 300  # at most
-    patience: int = 10  # stop after this many validations without a better validation NDCG@10
+    patience: int = 20  # stop after this many validations without a better validation NDCG@10 (20: chosen on validation, BENCHMARKS.md)
     eval_batch: int = 512  # users scored together
     retrain: bool = True  # false: reuse <output_dir>/sasrec.pt when it matches the catalog and these settings
 
