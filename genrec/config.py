@@ -44,13 +44,15 @@ class DataConfig:
     max_history: int = 20  # N: at most this many most recent items in a prompt
     min_history: int = 1  # training windows need at least this many history items
     train_windows_per_user: int | None = None  # keep only each user's most recent windows (null = all)
+    sequence_stride: int | None = None  # train.objective=sequence: windows of max_history+1 items step back this far (null = max_history)
     cache_dir: str | None = None  # tokenized-data cache (null = <output_dir>/cache)
 
 
 @dataclass
 class ItemsConfig:
-    identifier: str = "title"  # title | id: what the model generates for an item
-    id_format: str = "item_{item_id}"  # the plain ID form
+    identifier: str = "title"  # title | id | atomic: what the model generates for an item (atomic = one new token <item_ID> per item)
+    id_format: str = "item_{item_id}"  # the plain ID form (atomic tokens are <id_format>)
+    atomic_init: str = "title"  # atomic: new token rows start as the mean embedding of the item's text tokens | random
 
 
 @dataclass
@@ -83,11 +85,14 @@ class AdapterConfig:
 
 @dataclass
 class TrainConfig:
+    objective: str = "target"  # target: one prompt → next-item completion per window | sequence: loss on every item of a whole-history window (atomic ids)
+    item_softmax: bool = True  # atomic ids: cross-entropy over the item tokens only (what constrained decoding ranks), not the whole vocabulary
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs when set
     batch_size: int = 16  # per process, per micro-step
     grad_accum: int = 1
     lr: float = 2e-4
+    embedding_lr: float | None = None  # atomic ids: learning rate of the new item-token rows (null = train.lr)
     weight_decay: float = 0.0
     scheduler: str = "cosine"  # cosine | linear | constant
     warmup_ratio: float = 0.03
@@ -168,13 +173,15 @@ class Config:
 BASELINES = ("popularity",)  # the non-LLM systems genrec.baselines implements
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("atomic", "csv", "tsv", "jsonl", "parquet"),
-    "items.identifier": ("title", "id"),
+    "items.identifier": ("title", "id", "atomic"),
+    "items.atomic_init": ("title", "random"),
     "prompt.chat": ("auto", "on", "off"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.quantization": ("none", "4bit", "8bit"),
     "model.bnb_4bit_quant_type": ("nf4", "fp4"),
     "adapter.method": ("lora", "dora", "loha", "ia3"),
     "train.scheduler": ("cosine", "linear", "constant"),
+    "train.objective": ("target", "sequence"),
     "eval.split": ("test", "valid"),
 }
 
@@ -325,6 +332,15 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config: '{key}' must be >= 1, found {val}")
     if cfg.data.format != "atomic" and not cfg.data.interactions:
         raise ConfigError(f"config: data.format={cfg.data.format} needs data.interactions (the interactions file)")
+    if cfg.train.objective == "sequence" and cfg.items.identifier != "atomic":
+        raise ConfigError("config: train.objective=sequence needs items.identifier=atomic: the loss goes on every item "
+                          "of a history, which must each be one token")
+    if cfg.data.sequence_stride is not None and not 1 <= cfg.data.sequence_stride <= cfg.data.max_history:
+        raise ConfigError(f"config: 'data.sequence_stride'={cfg.data.sequence_stride} must be between 1 and "
+                          f"data.max_history={cfg.data.max_history} (or items go unseen)")
+    if cfg.items.identifier == "atomic" and cfg.adapter.method not in ("lora", "dora"):
+        raise ConfigError(f"config: items.identifier=atomic trains the new item-token rows with peft's "
+                          f"trainable_token_indices, which adapter.method={cfg.adapter.method} lacks; use lora or dora")
     _validate_sasrec(cfg.sasrec)
     unknown = [b for b in cfg.eval.baselines if b not in BASELINES]
     if unknown:

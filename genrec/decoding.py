@@ -5,7 +5,7 @@ fan out from its KV cache. All beams of all users live in one flat set of rows,
 expanded through the trie's CSR tensors (no per-beam Python walk). A candidate
 that reaches a leaf is a finished item; unfinished candidates compete for the
 ``num_beams`` slots of their user. Because every sequence ends with the end
-token, finished items are distinct by construction, and items a user must not
+token (or is one atomic item token), finished items are distinct by construction, and items a user must not
 see are removed from the trie per user (``remaining_counts``), so a beam never
 enters a branch with nothing left to finish.
 
@@ -26,12 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from genrec.items import ItemIndex
+from genrec.modeling import PLAIN_HEAD_TYPES
 from genrec.shared_prefix import PrefixState, shared_prefix_attention, supports
 
 NEG_INF = float("-inf")
 
-# architectures whose logits are exactly lm_head(last hidden state): no soft-capping or scaling
-_PLAIN_HEAD = {"llama", "qwen2", "qwen3", "mistral", "olmo", "olmo2", "phi3", "smollm3"}
 
 
 class NextTokenLogProbs:
@@ -44,7 +43,7 @@ class NextTokenLogProbs:
     def __init__(self, model):
         self.model = model
         head = model.get_output_embeddings()
-        plain = getattr(model.config, "model_type", "") in _PLAIN_HEAD and type(head) is torch.nn.Linear
+        plain = getattr(model.config, "model_type", "") in PLAIN_HEAD_TYPES and type(head) is torch.nn.Linear
         self.body = model.get_decoder() if plain else None
         if self.body is not None:
             self.weight = head.weight.detach().float()  # no copy when already fp32

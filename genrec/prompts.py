@@ -174,7 +174,9 @@ class PromptFormatter:
     def prompt(self, example: Example) -> str:
         body = self.template.render_prompt(example, self.catalog, self.identifier)
         if not self.use_chat:
-            return body + "\n"
+            # atomic item tokens delimit themselves: the answer follows the history directly, exactly as
+            # every item inside the history follows the one before it (what the sequence objective trains)
+            return body if self.identifier == "atomic" else body + "\n"
         messages = []
         system = self.template.render_system()
         if system:

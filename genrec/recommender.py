@@ -20,6 +20,7 @@ from genrec.data.splits import Example
 from genrec.decoding import constrained_topk
 from genrec.encoding import Encoder
 from genrec.errors import CheckpointError
+from genrec.item_tokens import add_item_tokens, grow_embeddings
 from genrec.items import ItemIndex
 from genrec.modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
 from genrec.prompts import PromptFormatter, PromptTemplate
@@ -35,6 +36,15 @@ class Setup:
     encoder: Encoder
     index: ItemIndex
     model_path: Path
+    item_tokens: list[int] | None = None  # items.identifier=atomic: the added token id of each catalog item
+
+    def load_model(self, for_training: bool = False):
+        """The base model, grown by one embedding row per atomic item token when the identifier is atomic."""
+        model = load_base_model(self.cfg.model, self.model_path, for_training=for_training)
+        if self.item_tokens:
+            grow_embeddings(model, self.tokenizer, self.split.catalog, self.item_tokens, self.cfg.items.atomic_init,
+                            self.cfg.run.seed)
+        return model
 
 
 def prepare(cfg: Config, template: PromptTemplate | None = None) -> Setup:
@@ -43,9 +53,10 @@ def prepare(cfg: Config, template: PromptTemplate | None = None) -> Setup:
     template.check(split.catalog, cfg.items.identifier)
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path)
+    item_tokens = add_item_tokens(tokenizer, split.catalog) if cfg.items.identifier == "atomic" else None
     formatter = PromptFormatter(template, tokenizer, split.catalog, cfg.items.identifier, cfg.prompt.chat)
-    encoder = Encoder(formatter, cfg.train.max_length)
-    return Setup(cfg, split, template, tokenizer, formatter, encoder, encoder.item_index(), model_path)
+    encoder = Encoder(formatter, cfg.train.max_length, item_tokens)
+    return Setup(cfg, split, template, tokenizer, formatter, encoder, encoder.item_index(), model_path, item_tokens)
 
 
 def resolve_checkpoint(cfg: Config) -> Path | None:
@@ -98,7 +109,7 @@ class Recommender:
                     f"{info.get('item_index')} != {setup.index.fingerprint}); evaluate with the data/items config "
                     "the adapter was trained on"
                 )
-        model = load_base_model(cfg.model, setup.model_path)
+        model = setup.load_model()
         if folder is not None:
             model = load_adapter(model, folder)
             if cfg.model.quantization == "none":

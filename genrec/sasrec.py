@@ -39,7 +39,7 @@ from torch import nn
 
 from genrec.config import SASRecConfig
 from genrec.data.catalog import Catalog
-from genrec.data.splits import Split
+from genrec.data.splits import Split, sequence_windows
 from genrec.errors import CheckpointError, DataError
 from genrec.evaluation import score
 
@@ -126,24 +126,16 @@ def _init(module: nn.Module, std: float) -> None:
 def training_windows(split: Split, max_len: int, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
     """[N, max_len] inputs (ids = index + 1, right-padded 0) and targets (catalog index or IGNORE).
 
-    Windows of max_len + 1 training items end at the last one and step back by
-    ``stride``; a window counts only targets no later window counts (see the module docstring).
+    The windows are ``genrec.data.splits.sequence_windows`` — the same ones the LLM's sequence
+    objective trains on — so each window counts only the targets no later window counts.
     """
     inputs, targets = [], []
-    for user in split.sequences:
-        part = split.train_part(user)
-        end = len(part)
-        while end >= 2:
-            start = max(0, end - max_len - 1)
-            first_counted = start + 1 if start == 0 else end - stride  # absolute index of the first target counted
-            window = part[start:end]
-            x = [i + 1 for i in window[:-1]]
-            y = [t if start + 1 + j >= first_counted else IGNORE for j, t in enumerate(window[1:])]
-            inputs.append(x + [0] * (max_len - len(x)))
-            targets.append(y + [IGNORE] * (max_len - len(y)))
-            if start == 0:
-                break
-            end -= stride
+    for ex in sequence_windows(split, max_len, stride):
+        window = ex.sequence
+        x = [i + 1 for i in window[:-1]]
+        y = [t if j + 1 >= ex.sequence_from else IGNORE for j, t in enumerate(window[1:])]
+        inputs.append(x + [0] * (max_len - len(x)))
+        targets.append(y + [IGNORE] * (max_len - len(y)))
     return torch.tensor(inputs, dtype=torch.long).reshape(-1, max_len), torch.tensor(targets, dtype=torch.long).reshape(-1, max_len)
 
 

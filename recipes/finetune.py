@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from genrec import __version__
 from genrec.config import load_config, parse_cli, save_config
-from genrec.data import sliding_windows
-from genrec.encoding import tokenized_dataset
-from genrec.errors import DataError
+from genrec.data import sequence_windows, sliding_windows
+from genrec.encoding import IGNORE_INDEX, tokenized_dataset
+from genrec.errors import ConfigError, DataError
 from genrec.evaluation import evaluation_users, rank_users, score
-from genrec.modeling import attach_adapter, load_base_model, resolve_dtype
+from genrec.modeling import attach_adapter, resolve_dtype
 from genrec.recommender import Recommender, prepare
 from genrec.runtime import make_accelerator, run, set_threads, setup_logging
 from genrec.training import (STATE_DIR, MetricsLog, checkpoint_dirs, collate, epoch_batches, load_training_state,
@@ -45,6 +45,28 @@ def build_scheduler(name: str, optimizer, warmup: int, total: int):
 
     kind = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[name]
     return get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def item_softmax_candidates(cfg, setup, data) -> torch.Tensor | None:
+    """Sorted item-token ids when the loss is a softmax over items only (atomic ids, train.item_softmax)."""
+    if not (setup.item_tokens and cfg.train.item_softmax):
+        return None
+    candidates = torch.tensor(sorted(setup.item_tokens))
+    labels = torch.tensor([tok for row in data["labels"] for tok in row if tok != IGNORE_INDEX])
+    if not torch.isin(labels, candidates).all():
+        raise ConfigError(f"train.item_softmax=true needs every trained token to be an item token, but "
+                          f"{setup.template.source}'s completion renders other text too; set train.item_softmax=false")
+    return candidates
+
+
+def parameter_groups(model, cfg) -> list[dict]:
+    """Adapter weights at train.lr; new item-token rows at train.embedding_lr when set."""
+    tokens = [p for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" in n]
+    rest = [p for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" not in n]
+    groups = [{"params": rest}]
+    if tokens:
+        groups.append({"params": tokens, "lr": cfg.train.embedding_lr or cfg.train.lr})
+    return groups
 
 
 def main(argv: list[str]) -> None:
@@ -66,18 +88,22 @@ def main(argv: list[str]) -> None:
 
     # ---- setup: everything the user wrote is validated before weights load
     setup = prepare(cfg)
-    examples = sliding_windows(setup.split, cfg.data.max_history, cfg.data.min_history, cfg.data.train_windows_per_user)
+    if cfg.train.objective == "sequence":
+        examples = sequence_windows(setup.split, cfg.data.max_history, cfg.data.sequence_stride)
+    else:
+        examples = sliding_windows(setup.split, cfg.data.max_history, cfg.data.min_history, cfg.data.train_windows_per_user)
     if not examples:
         raise DataError("no training windows: every user's training part is shorter than data.min_history + 1 "
                         "(or data.train_windows_per_user=0)")
     with accelerator.main_process_first():
         data = tokenized_dataset(setup.encoder, examples, cfg.data.cache_dir or out / "cache")
     lengths = data["length"]
-    log.info("%d training windows, %d users, %d items; mean length %.0f tokens",
-             len(data), len(setup.split.sequences), len(setup.split.catalog), sum(lengths) / len(lengths))
+    log.info("%d training windows (%s objective), %d users, %d items; mean length %.0f tokens", len(data),
+             cfg.train.objective, len(setup.split.sequences), len(setup.split.catalog), sum(lengths) / len(lengths))
+    candidates = item_softmax_candidates(cfg, setup, data)
 
-    model = load_base_model(cfg.model, setup.model_path, for_training=True)
-    model = attach_adapter(model, cfg.adapter)
+    model = setup.load_model(for_training=True)
+    model = attach_adapter(model, cfg.adapter, setup.item_tokens)
     if resume_from is not None:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -86,7 +112,7 @@ def main(argv: list[str]) -> None:
     trainable = [p for p in model.parameters() if p.requires_grad]
     log.info("trainable parameters: %d (%.2f%%)", sum(p.numel() for p in trainable),
              100 * sum(p.numel() for p in trainable) / sum(p.numel() for p in model.parameters()))
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
 
     world, rank = accelerator.num_processes, accelerator.process_index
     per_rank = len(epoch_batches(lengths, cfg.train.batch_size, cfg.run.seed, 0)) // world
@@ -148,7 +174,7 @@ def main(argv: list[str]) -> None:
                             setup.tokenizer.pad_token_id)
             last = micro == cfg.train.grad_accum - 1
             with accelerator.no_sync(model) if not last else contextlib.nullcontext():
-                loss = training_loss(model, batch, accelerator.autocast(), mixed) / cfg.train.grad_accum
+                loss = training_loss(model, batch, accelerator.autocast(), mixed, candidates) / cfg.train.grad_accum
                 accelerator.backward(loss)
             window_loss += loss.item()
             window_tokens += int(batch["attention_mask"].sum())

@@ -1,8 +1,8 @@
 """The item catalog: every recommendable item, its text fields and identifiers.
 
 Each item has a dense index (0..n-1, used everywhere inside genrec), its original
-id, its fields and two identifier strings: ``text`` (e.g. "Toy Story (1995)") and
-``plain_id`` (e.g. "item_1"). Duplicate texts are disambiguated with a " [2]",
+id, its fields and three identifier strings: ``text`` (e.g. "Toy Story (1995)"),
+``plain_id`` (e.g. "item_1") and the atomic token ``<item_1>`` (one new tokenizer token per item). Duplicate texts are disambiguated with a " [2]",
 " [3]" suffix so that each generated string names exactly one item.
 """
 
@@ -27,7 +27,17 @@ class Item:
     fields: dict = field(default_factory=dict, hash=False, compare=False)
 
     def identifier(self, kind: str) -> str:
-        return self.text if kind == "title" else self.plain_id
+        if kind == "title":
+            return self.text
+        return atomic_token(self.plain_id) if kind == "atomic" else self.plain_id
+
+
+def atomic_token(plain_id: str) -> str:
+    """The single added token that names an item under items.identifier=atomic."""
+    return f"<{plain_id}>"
+
+
+IDENTIFIER_KINDS = ("title", "id", "atomic")
 
 
 def _natural_key(item_id: str):
@@ -42,7 +52,7 @@ class Catalog:
     def __init__(self, items: list[Item]):
         self.items = items
         self.by_id = {it.item_id: it for it in items}
-        self._by_identifier = {kind: {it.identifier(kind): it for it in items} for kind in ("title", "id")}
+        self._by_identifier = {kind: {it.identifier(kind): it for it in items} for kind in IDENTIFIER_KINDS}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -93,7 +103,7 @@ class Catalog:
     def find(self, query: str, kind: str | None = None) -> Item:
         """An item by identifier (title or plain id) or original id; a close-match error otherwise."""
         query = " ".join(str(query).split())
-        for k in ([kind] if kind else ["title", "id"]):
+        for k in ([kind] if kind else IDENTIFIER_KINDS):
             if query in self._by_identifier[k]:
                 return self._by_identifier[k][query]
         if query in self.by_id:

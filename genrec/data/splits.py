@@ -21,6 +21,13 @@ class Example:
     user_id: str
     history: tuple[int, ...]  # catalog indices, oldest first
     target: int | None  # catalog index; None when recommending for an unseen future
+    # sequence objective: the items history[sequence_from:] + (target,) are all training targets, each
+    # predicted from the items before it; None = only ``target`` is (the prompt → target objective)
+    sequence_from: int | None = None
+
+    @property
+    def sequence(self) -> tuple[int, ...]:
+        return self.history + ((self.target,) if self.target is not None else ())
 
 
 def k_core(frame: pd.DataFrame, k: int) -> pd.DataFrame:
@@ -91,6 +98,30 @@ def sliding_windows(split: Split, max_history: int, min_history: int = 1, per_us
             starts = starts[-per_user:] if per_user > 0 else range(0)
         for t in starts:
             examples.append(Example(user, tuple(part[max(0, t - max_history):t]), part[t]))
+    return examples
+
+
+def sequence_windows(split: Split, max_history: int, stride: int | None = None) -> list[Example]:
+    """Whole-history training examples: windows of up to max_history + 1 training items, ending at the
+    last training item and stepping back by ``stride`` (default max_history). Each item after a window's
+    first is a target read in context of the window items before it; a window counts only the targets
+    no later window counts (its last ``stride``), so every training item but a user's first is a target
+    exactly once and has at least max_history - stride items of context (unless the user has fewer)."""
+    stride = max_history if stride is None else stride
+    if not 1 <= stride <= max_history:
+        raise DataError(f"sequence stride must be between 1 and max_history ({max_history}), got {stride}")
+    examples = []
+    for user in split.sequences:
+        part = split.train_part(user)
+        end = len(part)
+        while end >= 2:
+            start = max(0, end - max_history - 1)
+            window = part[start:end]
+            first = 1 if start == 0 else len(window) - stride  # position in the window of the first counted target
+            examples.append(Example(user, tuple(window[:-1]), window[-1], sequence_from=first))
+            if start == 0:
+                break
+            end -= stride
     return examples
 
 
