@@ -1,7 +1,7 @@
 """Quality on ml-100k: the genrec LLM recipe vs SASRec vs most-popular-unseen, same harness.
 
     .venv/bin/python benchmarks/quality.py [--seeds 42 43 44] [--retrain]
-        [--genrec-config recipes/configs/ml100k/smollm2_lora_demo.yaml]
+        [--genrec-config recipes/configs/ml100k/smollm2_atomic.yaml]
         [--sasrec-config recipes/configs/ml100k/sasrec.yaml] [--out runs/quality] [--set KEY=VALUE ...]
 
 Per seed, each system is trained by its own recipe (recipes/finetune.py + recipes/evaluate.py
@@ -90,7 +90,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--retrain", action="store_true", help="train again even where outputs exist")
-    parser.add_argument("--genrec-config", default="recipes/configs/ml100k/smollm2_lora_demo.yaml")
+    parser.add_argument("--genrec-config", default="recipes/configs/ml100k/smollm2_atomic.yaml")
     parser.add_argument("--sasrec-config", default="recipes/configs/ml100k/sasrec.yaml")
     parser.add_argument("--out", default="runs/quality")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every recipe")

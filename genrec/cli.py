@@ -39,21 +39,26 @@ def _toy_catalog():
 
 
 def _render(args) -> None:
-    from genrec.data import sliding_windows
+    from genrec.data import training_examples
     from genrec.recommender import prepare
 
     cfg = load_config(args.config, args.overrides)
     setup = prepare(cfg)
-    examples = sliding_windows(setup.split, cfg.data.max_history, cfg.data.min_history, cfg.data.train_windows_per_user)
+    examples = training_examples(setup.split, cfg.data, cfg.train.objective)
     tok = setup.tokenizer
     for n, example in enumerate(examples[: args.n], start=1):
         enc = setup.encoder.encode(example)
-        loss = [t for t, lab in zip(enc["input_ids"], enc["labels"]) if lab != -100]
-        prompt_len = len(enc["input_ids"]) - len(loss)
-        print(f"===== example {n}: user {example.user_id}, {prompt_len} prompt tokens (no loss), "
-              f"{len(loss)} completion tokens (loss) =====")
-        print(tok.decode(enc["input_ids"][:prompt_len]), end="")
-        print("\u00bb" + tok.decode(loss) + "\u00ab")
+        ids, on = enc["input_ids"], [lab != -100 for lab in enc["labels"]]
+        loss = [t for t, keep in zip(ids, on) if keep]
+        print(f"===== example {n}: user {example.user_id}, {len(ids) - len(loss)} tokens without loss, "
+              f"{len(loss)} with loss =====")
+        text, start = "", 0
+        for end in range(1, len(ids) + 1):  # runs of tokens with the same loss flag, loss runs inside » «
+            if end == len(ids) or on[end] != on[start]:
+                piece = tok.decode(ids[start:end])
+                text += f"\u00bb{piece}\u00ab" if on[start] else piece
+                start = end
+        print(text)
         print("loss on:", " ".join(repr(t) for t in tok.convert_ids_to_tokens(loss)))
         print()
     print(f"template {setup.template.source} (sha256 {setup.template.sha256[:12]}); chat template "
@@ -61,14 +66,13 @@ def _render(args) -> None:
 
 
 def _data(args) -> None:
-    from genrec.data import load_split, sliding_windows
+    from genrec.data import load_split, training_examples
     from genrec.data.splits import describe
 
     cfg = load_config(args.config, args.overrides)
     split = load_split(cfg)
     stats = describe(split)
-    stats["train_windows"] = len(sliding_windows(split, cfg.data.max_history, cfg.data.min_history,
-                                                 cfg.data.train_windows_per_user))
+    stats["train_windows"] = len(training_examples(split, cfg.data, cfg.train.objective))
     print(json.dumps(stats, indent=2))
 
 

@@ -83,8 +83,9 @@ def completion_loss(model, batch: dict[str, torch.Tensor], candidates: torch.Ten
 
 def candidate_logits(model, inputs: dict, keep: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
     """[positions, candidates] logits. With a plain tied output layer only the candidates' rows are
-    multiplied (1,682 items instead of a 49k vocabulary: ~20% of a sequence-objective step); the rows
-    come through the input embedding so that peft's trained item-token rows are the ones used."""
+    multiplied: for SmolLM2-135M the full 49,152 x 576 output layer is ~21% of the forward FLOPs at every
+    position (against ~106M body weights), the 1,682 item rows <1%. The rows come through the input
+    embedding so that peft's trained item-token rows are the ones used."""
     config = model.config
     if getattr(config, "model_type", "") in PLAIN_HEAD_TYPES and getattr(config, "tie_word_embeddings", False):
         hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state[keep]

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# `make demo`: LoRA-tune the bundled SmolLM2-135M on ml-100k, evaluate it on all 943 test users,
-# compare with most-popular-unseen and the untuned model (seeded sample), show top-10 for one user.
+# `make demo`: tune the bundled SmolLM2-135M on ml-100k as a sequential recommender (one token per
+# movie, loss on every movie of each history, LoRA — the Quality recipe), evaluate it on all 943 test
+# users, compare with most-popular-unseen and the untuned model (seeded sample), show top-10 for one user.
 # Re-running resumes training from its last checkpoint and re-evaluates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
-CFG=${CFG:-recipes/configs/ml100k/smollm2_lora_demo.yaml}
+CFG=${CFG:-recipes/configs/ml100k/smollm2_atomic.yaml}
 OUT=${OUT:-runs/demo}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 start=$(date +%s)

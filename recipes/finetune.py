@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from genrec import __version__
 from genrec.config import load_config, parse_cli, save_config
-from genrec.data import sequence_windows, sliding_windows
+from genrec.data import training_examples
 from genrec.encoding import IGNORE_INDEX, tokenized_dataset
 from genrec.errors import ConfigError, DataError
 from genrec.evaluation import evaluation_users, rank_users, score
@@ -88,10 +88,7 @@ def main(argv: list[str]) -> None:
 
     # ---- setup: everything the user wrote is validated before weights load
     setup = prepare(cfg)
-    if cfg.train.objective == "sequence":
-        examples = sequence_windows(setup.split, cfg.data.max_history, cfg.data.sequence_stride)
-    else:
-        examples = sliding_windows(setup.split, cfg.data.max_history, cfg.data.min_history, cfg.data.train_windows_per_user)
+    examples = training_examples(setup.split, cfg.data, cfg.train.objective)
     if not examples:
         raise DataError("no training windows: every user's training part is shorter than data.min_history + 1 "
                         "(or data.train_windows_per_user=0)")

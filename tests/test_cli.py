@@ -33,7 +33,19 @@ def test_render_marks_the_loss_tokens(tiny_overrides, capsys):
     assert "<|im_start|>assistant" in out and "Which movie will they watch next?" in out
     marked = out.split("\u00bb", 1)[1].split("\u00ab", 1)[0]
     assert marked.endswith("<|im_end|>") and "(" in marked  # a title with its year, then the end token
-    assert "completion tokens (loss)" in out
+    assert " with loss =====" in out
+
+
+def test_render_marks_every_item_after_the_first_under_the_sequence_objective(tiny_overrides, capsys):
+    config = str(REPO / "recipes" / "configs" / "ml100k" / "smollm2_atomic.yaml")
+    overrides = [o for o in tiny_overrides if not o.startswith(("prompt.template=", "data.max_history="))]
+    assert main(["prompts", "render", "--config", config, "--n", "1", *overrides, "data.max_history=5",
+                 f"prompt.template={REPO / 'prompts' / 'next_item_atomic.yaml'}"]) == 0
+    out = capsys.readouterr().out
+    body = out.split("=====\n", 1)[1].split("\nloss on:", 1)[0]
+    marked = [piece.split("\u00ab", 1)[0] for piece in body.split("\u00bb")[1:]]
+    assert body.startswith("Movies this user watched, oldest first:<item_")  # the first item: context only
+    assert len(marked) == 1 and marked[0].count("<item_") == body.count("<item_") - 1  # all the others: loss
 
 
 def test_data_summary(tiny_overrides, capsys):

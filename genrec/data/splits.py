@@ -125,6 +125,13 @@ def sequence_windows(split: Split, max_history: int, stride: int | None = None) 
     return examples
 
 
+def training_examples(split: Split, data_cfg, objective: str) -> list[Example]:
+    """The training set of a run: whole-history windows (``sequence``) or prompt → target windows."""
+    if objective == "sequence":
+        return sequence_windows(split, data_cfg.max_history, data_cfg.sequence_stride)
+    return sliding_windows(split, data_cfg.max_history, data_cfg.min_history, data_cfg.train_windows_per_user)
+
+
 def describe(split: Split) -> dict:
     lengths = [len(s) for s in split.sequences.values()]
     return {
