@@ -172,7 +172,19 @@ def attach_adapter(model, cfg: AdapterConfig, trainable_tokens: list[int] | None
     if missing:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ConfigError(f"adapter.target_modules: {missing} not found in the model; its linear layers: {', '.join(linear)}")
-    return peft.get_peft_model(model, peft_config(cfg, trainable_tokens))
+    return _with_cast_flags(peft.get_peft_model(model, peft_config(cfg, trainable_tokens)))
+
+
+def _with_cast_flags(model):
+    """peft 0.21's TrainableTokensLayer lacks the ``cast_input_dtype_enabled`` flag that
+    ``peft.helpers.disable_input_dtype_casting`` (used by training.training_loss) toggles on every
+    adapter layer; give it the default once here instead of on every step."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer) and not hasattr(module, "cast_input_dtype_enabled"):
+            module.cast_input_dtype_enabled = True
+    return model
 
 
 def load_adapter(model, folder: Path, trainable: bool = False):
@@ -180,4 +192,4 @@ def load_adapter(model, folder: Path, trainable: bool = False):
 
     if not (Path(folder) / "adapter_config.json").is_file():
         raise CheckpointError(f"{folder}: not an adapter checkpoint (adapter_config.json missing)")
-    return peft.PeftModel.from_pretrained(model, str(folder), is_trainable=trainable)
+    return _with_cast_flags(peft.PeftModel.from_pretrained(model, str(folder), is_trainable=trainable))

@@ -104,11 +104,7 @@ def training_loss(model, batch: dict[str, torch.Tensor], autocast, mixed: bool,
     down instead (they are small) and still receive fp32 gradients: fp32 master weights, bf16 compute.
     """
     from peft.helpers import disable_input_dtype_casting
-    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    for module in model.modules():  # peft 0.21's TrainableTokensLayer lacks the flag the helper toggles
-        if isinstance(module, BaseTunerLayer) and not hasattr(module, "cast_input_dtype_enabled"):
-            module.cast_input_dtype_enabled = True
     with autocast, disable_input_dtype_casting(model, active=mixed):
         return completion_loss(model, batch, candidates)
 
