@@ -39,12 +39,11 @@ def _toy_catalog():
 
 
 def _render(args) -> None:
-    from genrec.data import training_examples
     from genrec.recommender import prepare
 
     cfg = load_config(args.config, args.overrides)
     setup = prepare(cfg)
-    examples = training_examples(setup.split, cfg.data, cfg.train.objective)
+    examples = setup.training_examples()
     tok = setup.tokenizer
     for n, example in enumerate(examples[: args.n], start=1):
         enc = setup.encoder.encode(example)

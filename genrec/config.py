@@ -93,6 +93,10 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 2e-4
     embedding_lr: float | None = None  # atomic ids: learning rate of the new item-token rows (null = train.lr)
+    target_weighting: str = "none"  # none | inverse_popularity: weight each target's loss by its clipped inverse training popularity (deconfounding)
+    weight_power: float = 1.0  # inverse_popularity: weight = (count + 1) ** -weight_power, scaled to mean 1 over training interactions
+    weight_clip: float = 10.0  # inverse_popularity: cap on a target's weight
+    counterfactual_alpha: float = 0.0  # > 0: add alpha * CE(logits - logits with the history replaced by a null one) (counterfactual fine-tuning)
     weight_decay: float = 0.0
     scheduler: str = "cosine"  # cosine | linear | constant
     warmup_ratio: float = 0.03
@@ -112,6 +116,8 @@ class DecodeConfig:
     length_penalty: float = 0.0  # score = sum log p / len**length_penalty; 0 = plain sum
     batch_users: int = 8  # users decoded together in one forward
     exclude_seen: bool = True  # never recommend items in the user's history (DESIGN §5)
+    popularity_gamma: float = 0.0  # add gamma * log(training count + 1) of each item to its score, inside the trie (0 = off)
+    contrastive_lambda: float = 0.0  # subtract lambda * log p(item | null history) from each item's score, inside the trie (0 = off)
 
 
 @dataclass
@@ -120,6 +126,7 @@ class EvalConfig:
     users: int | None = None  # null = every user; N = a seeded sample of N users
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
     baselines: list[str] = field(default_factory=lambda: ["popularity"])
+    ips_clip: float = 100.0  # popularity-bias metrics: inverse-propensity weights are capped at this value
 
 
 @dataclass
@@ -127,6 +134,17 @@ class RecommendConfig:
     user_id: str | None = None  # recommend for this user's full history ...
     history: list[str] | None = None  # ... or for these item titles/ids (a list, or one string split on '|')
     k: int = 10
+
+
+@dataclass
+class ReasonConfig:
+    """Reason-then-recommend: the rationale a template's 'rationale' key writes before the item (genrec.rationale)."""
+    genre_field: str | None = "class"  # item field holding space-separated genres (ml-100k: class); null = no genre part
+    year_field: str | None = "release_year"  # item field holding the year; null = no decade part
+    top_genres: int = 2  # genres named, with their counts in the history
+    anchors: int = 2  # most recent history items rated >= anchor_min_rating, named by title
+    anchor_min_rating: float = 4.0
+    max_new_tokens: int = 64  # inference: most tokens a generated rationale may take
 
 
 @dataclass
@@ -164,6 +182,7 @@ class Config:
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
+    reason: ReasonConfig = field(default_factory=ReasonConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -182,6 +201,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "adapter.method": ("lora", "dora", "loha", "ia3"),
     "train.scheduler": ("cosine", "linear", "constant"),
     "train.objective": ("target", "sequence"),
+    "train.target_weighting": ("none", "inverse_popularity"),
     "eval.split": ("test", "valid"),
 }
 
@@ -338,9 +358,18 @@ def validate(cfg: Config) -> None:
     if cfg.data.sequence_stride is not None and not 1 <= cfg.data.sequence_stride <= cfg.data.max_history:
         raise ConfigError(f"config: 'data.sequence_stride'={cfg.data.sequence_stride} must be between 1 and "
                           f"data.max_history={cfg.data.max_history} (or items go unseen)")
+    for key in ("top_genres", "anchors", "max_new_tokens"):
+        if getattr(cfg.reason, key) < (1 if key == "max_new_tokens" else 0):
+            raise ConfigError(f"config: 'reason.{key}' must be >= {1 if key == 'max_new_tokens' else 0}, "
+                              f"found {getattr(cfg.reason, key)}")
     if cfg.items.identifier == "atomic" and cfg.adapter.method not in ("lora", "dora"):
         raise ConfigError(f"config: items.identifier=atomic trains the new item-token rows with peft's "
                           f"trainable_token_indices, which adapter.method={cfg.adapter.method} lacks; use lora or dora")
+    for key, val, low in (("train.weight_power", cfg.train.weight_power, 0.0),
+                          ("train.counterfactual_alpha", cfg.train.counterfactual_alpha, 0.0),
+                          ("train.weight_clip", cfg.train.weight_clip, 1.0), ("eval.ips_clip", cfg.eval.ips_clip, 1.0)):
+        if val < low:
+            raise ConfigError(f"config: '{key}' must be >= {low:g}, found {val}")
     _validate_sasrec(cfg.sasrec)
     unknown = [b for b in cfg.eval.baselines if b not in BASELINES]
     if unknown:

@@ -83,6 +83,11 @@ def _expand(index_ptr: torch.Tensor, nodes: torch.Tensor) -> tuple[torch.Tensor,
     return rows, edges
 
 
+def _prior_never_rises(ptr: torch.Tensor, edge_child: torch.Tensor, prior: torch.Tensor) -> bool:
+    parent = torch.repeat_interleave(torch.arange(ptr.numel() - 1, device=ptr.device), ptr[1:] - ptr[:-1])
+    return bool((prior[edge_child] <= prior[parent] + 1e-6).all())
+
+
 def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
@@ -104,6 +109,7 @@ def constrained_topk(
     length_penalty: float = 0.0,
     pad_id: int = 0,
     shared_prefix: bool | None = None,
+    node_prior: torch.Tensor | None = None,
 ) -> list[list[tuple[int, float]]]:
     """Top-``k`` catalog items per prompt, best first, as (catalog index, score).
 
@@ -111,6 +117,9 @@ def constrained_topk(
     user gets min(k, items it may still receive) results. ``shared_prefix`` (default:
     where the architecture supports it) keeps one copy of each prompt's K/V for all its
     beams instead of a standard per-beam cache; both give the same ranking.
+    ``node_prior`` ([nodes], e.g. gamma * ``ItemIndex.log_mass``): each step from node to child adds
+    ``node_prior[child] - node_prior[node]``, so an item's score gains ``prior[leaf] - prior[root]``
+    (an intervention applied inside the search, where it can change which beams survive).
     """
     num_beams = max(num_beams, k)
     device = next(model.parameters()).device
@@ -118,6 +127,9 @@ def constrained_topk(
     excluded = excluded or [set() for _ in prompts]
     ptr, edge_token, edge_child, leaf_item = (t.to(device) for t in (index.child_ptr, index.edge_token, index.edge_child, index.leaf_item))
     remaining = index.remaining_counts(excluded).to(device)
+    prior = None if node_prior is None else node_prior.to(device=device, dtype=torch.float32)
+    # exact early stopping needs scores that never rise along a path: a prior that only falls keeps that
+    monotone = prior is None or _prior_never_rises(ptr, edge_child, prior)
 
     ids, mask = _left_pad(prompts, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -145,6 +157,8 @@ def constrained_topk(
         rows, edges, child, user = rows[ok], edges[ok], child[ok], user[ok]
         tokens = edge_token[edges]
         score = row_score[rows] + logp[rows, tokens]
+        if prior is not None:
+            score = score + prior[child] - prior[row_node[rows]]
         length = row_len[rows] + 1
         done = leaf_item[child] >= 0
 
@@ -161,7 +175,7 @@ def constrained_topk(
             fin_item[f_user[valid][pick], rank] = f_item[valid][pick]
 
         go = ~done
-        if length_penalty == 0:
+        if length_penalty == 0 and monotone:
             go &= score > fin_score[user, -1]  # cannot reach this user's top-k any more
         rows, tokens, child, user, score, length = rows[go], tokens[go], child[go], user[go], score[go], length[go]
         keep, slot = topn_per_group(user, score, num_beams)
@@ -191,14 +205,32 @@ def constrained_topk(
 
 
 @torch.no_grad()
-def score_items(model, prompt: list[int], index: ItemIndex, items: list[int] | None = None,
-                length_penalty: float = 0.0, batch_size: int = 64) -> torch.Tensor:
-    """Exact score of each item given one prompt (teacher forcing): the exhaustive reference."""
+def greedy_lines(model, prompts: list[list[int]], stop_tokens: torch.Tensor, max_new_tokens: int,
+                 pad_id: int = 0) -> list[list[int]]:
+    """Free greedy continuation of each prompt up to and including its first stop token (a newline), at most
+    ``max_new_tokens``; a line that hits the limit is returned as is (the caller ends it)."""
     device = next(model.parameters()).device
-    items = list(range(index.num_items)) if items is None else items
+    ids, mask = _left_pad(prompts, pad_id, device)
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
+                         num_beams=1, eos_token_id=stop_tokens.tolist(), pad_token_id=pad_id)
+    stops = set(stop_tokens.tolist())
+    lines = []
+    for row in out[:, ids.shape[1]:].tolist():
+        line = []
+        for tok in row:
+            line.append(tok)
+            if tok in stops:
+                break
+        lines.append(line)
+    return lines
+
+
+@torch.no_grad()
+def item_token_logprobs(model, prompt: list[int], index: ItemIndex, items: list[int], batch_size: int = 64):
+    """Teacher forcing: yields (item, log-probability of each of its tokens given the prompt and the tokens before)."""
+    device = next(model.parameters()).device
     prefix = torch.tensor(prompt, dtype=torch.long, device=device).unsqueeze(0)
     next_logp = NextTokenLogProbs(model)
-    scores = torch.empty(len(items))
     for lo in range(0, len(items), batch_size):
         chunk = items[lo: lo + batch_size]
         seqs = [index.sequences[i] for i in chunk]
@@ -208,8 +240,17 @@ def score_items(model, prompt: list[int], index: ItemIndex, items: list[int] | N
             ids[r, : len(s)] = torch.tensor(s)
         full = torch.cat([prefix.expand(len(chunk), -1), ids], dim=1)
         logp, _ = next_logp(keep=slice(prefix.shape[1] - 1, -1), input_ids=full, use_cache=False)
-        logp = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
-        for r, s in enumerate(seqs):
-            total = logp[r, : len(s)].sum().item()
-            scores[lo + r] = total / len(s) ** length_penalty if length_penalty else total
+        logp = logp.gather(-1, ids.unsqueeze(-1)).squeeze(-1).cpu()
+        for r, (item, s) in enumerate(zip(chunk, seqs)):
+            yield item, logp[r, : len(s)]
+
+
+def score_items(model, prompt: list[int], index: ItemIndex, items: list[int] | None = None,
+                length_penalty: float = 0.0, batch_size: int = 64) -> torch.Tensor:
+    """Exact score of each item given one prompt (teacher forcing): the exhaustive reference."""
+    items = list(range(index.num_items)) if items is None else items
+    scores = torch.empty(len(items))
+    for row, (_, logp) in enumerate(item_token_logprobs(model, prompt, index, items, batch_size)):
+        total = logp.sum().item()
+        scores[row] = total / len(logp) ** length_penalty if length_penalty else total
     return scores

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import datasets
+import torch
 
 from genrec.data.splits import Example
 from genrec.errors import ConfigError, TemplateError
@@ -47,6 +48,7 @@ class Encoder:
         self.end_id = end_token_id(self.tokenizer, formatter.use_chat)
         # atomic identifiers: an item is one token, so a completion needs no end token to be unambiguous
         self.item_tokens = frozenset(item_tokens or ())
+        self._newline: torch.Tensor | None = None
 
     def prompt_ids(self, example: Example) -> list[int]:
         text = self.formatter.prompt(example)
@@ -56,10 +58,23 @@ class Encoder:
         ids = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
         return ids if self.item_tokens else ids + [self.end_id]
 
+    def rationale_ids(self, line: str) -> list[int]:
+        """A rationale line and the newline that ends it (tokenized on its own, as generation sees it)."""
+        return self.tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
+
+    def newline_tokens(self) -> torch.Tensor:
+        """Every token whose text holds a newline: the end of a generated rationale."""
+        if self._newline is None:
+            vocab = range(len(self.tokenizer))
+            self._newline = torch.tensor([t for t in vocab if "\n" in self.tokenizer.decode([t])], dtype=torch.long)
+        return self._newline
+
     def encode(self, example: Example) -> dict:
         rendered = self.formatter.render(example)
         prompt = self.tokenizer(rendered.prompt, add_special_tokens=not self.formatter.use_chat)["input_ids"]
         completion = self.completion_ids(rendered.completion)
+        if rendered.rationale is not None:
+            completion = self.rationale_ids(rendered.rationale) + completion  # the model writes both
         overflow = len(prompt) + len(completion) - self.max_length
         if example.sequence_from is not None:
             return self._sequence_labels(example, prompt + completion, overflow)
@@ -111,7 +126,8 @@ def tokenized_dataset(encoder: Encoder, examples: list[Example], cache_dir: str 
     digest = hashlib.sha256()
     digest.update(encoder.fingerprint().encode())
     for ex in examples:
-        digest.update(f"{ex.user_id}|{','.join(map(str, ex.history))}|{ex.target}|{ex.sequence_from}\n".encode())
+        digest.update(f"{ex.user_id}|{','.join(map(str, ex.history))}|{ex.target}|{ex.sequence_from}|"
+                      f"{ex.rationale}\n".encode())
     folder = Path(cache_dir) / f"tokenized-{digest.hexdigest()[:20]}"
     if (folder / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(folder))
@@ -121,13 +137,15 @@ def tokenized_dataset(encoder: Encoder, examples: list[Example], cache_dir: str 
             "history": [list(ex.history) for ex in examples],
             "target": [ex.target for ex in examples],
             "sequence_from": [ex.sequence_from for ex in examples],
+            "rationale": [ex.rationale for ex in examples],
         }
     )
 
     def encode_batch(batch):
         out = {"input_ids": [], "labels": []}
-        for user, history, target, first in zip(batch["user_id"], batch["history"], batch["target"], batch["sequence_from"]):
-            enc = encoder.encode(Example(user, tuple(history), target, first))
+        for user, history, target, first, why in zip(batch["user_id"], batch["history"], batch["target"],
+                                                     batch["sequence_from"], batch["rationale"]):
+            enc = encoder.encode(Example(user, tuple(history), target, first, why))
             out["input_ids"].append(enc["input_ids"])
             out["labels"].append(enc["labels"])
         return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 
 from genrec.baselines import most_popular_unseen
+from genrec.bias_metrics import bias_metrics
 from genrec.config import Config
 from genrec.data.splits import Split
 from genrec.metrics import ranking_metrics
@@ -32,8 +33,9 @@ def shard_batches(lengths: list[int], batch_size: int, rank: int, world: int) ->
 
 
 def rank_users(recommender, users: list[str], split_name: str, k: int, rank: int = 0, world: int = 1,
-               progress: bool = False) -> dict[str, list[tuple[int, float]]]:
-    """Top-k for the users of this shard, keyed by user id."""
+               progress: bool = False, rationales: dict | None = None) -> dict[str, list[tuple[int, float]]]:
+    """Top-k for the users of this shard, keyed by user id; ``rationales`` collects each user's written
+    rationale when the template has one."""
     setup = recommender.setup
     max_history = setup.cfg.data.max_history
     examples = [setup.split.example(u, split_name, max_history) for u in users]
@@ -46,6 +48,8 @@ def rank_users(recommender, users: list[str], split_name: str, k: int, rank: int
         [setup.split.seen(users[i], split_name) if exclude else set() for i in mine],
         k, progress=progress, desc=f"{split_name} users (process {rank})", prompts=[prompts[i] for i in mine],
     )
+    if rationales is not None and recommender.setup.template.has_rationale:
+        rationales.update({users[i]: recommender.decode_rationale(r) for i, r in zip(mine, recommender.last_rationales)})
     return {users[i]: r for i, r in zip(mine, ranked)}
 
 
@@ -60,17 +64,24 @@ def protocol(cfg: Config, split: Split, users: list[str], split_name: str, **ext
         "seen_items": "excluded from ranking" if cfg.decode.exclude_seen else "allowed",
         "identifier": cfg.items.identifier,
         "decoding": {"method": "trie-constrained beam search", "num_beams": cfg.decode.num_beams,
-                     "length_penalty": cfg.decode.length_penalty, "batch_users": cfg.decode.batch_users},
+                     "length_penalty": cfg.decode.length_penalty, "batch_users": cfg.decode.batch_users,
+                     "popularity_gamma": cfg.decode.popularity_gamma,
+                     "contrastive_lambda": cfg.decode.contrastive_lambda},
         "dataset": cfg.data.dataset,
         "seed": cfg.run.seed,
         **extra,
     }
 
 
-def score(rankings: dict[str, list], split: Split, users: list[str], split_name: str, ks: list[int]) -> dict:
+def score(rankings: dict[str, list], split: Split, users: list[str], split_name: str, ks: list[int],
+          bias: bool = True, ips_clip: float = 100.0, seed: int = 0) -> dict:
+    """Standard metrics, plus (``bias``) the popularity-bias ones of ``genrec.bias_metrics`` at K=10."""
     targets = [split.example(u, split_name, 1).target for u in users]
     lists = [[item for item, *_ in rankings[u]] for u in users]
-    return ranking_metrics(lists, targets, len(split.catalog), tuple(ks))
+    out = ranking_metrics(lists, targets, len(split.catalog), tuple(ks))
+    if bias:
+        out.update(bias_metrics(lists, targets, split.train_popularity(), 10, ips_clip, seed))
+    return out
 
 
 def baseline_metrics(cfg: Config, split: Split, users: list[str], split_name: str) -> dict:
@@ -79,5 +90,6 @@ def baseline_metrics(cfg: Config, split: Split, users: list[str], split_name: st
     for name in cfg.eval.baselines:
         if name == "popularity":
             lists = most_popular_unseen(split, users, split_name, k, cfg.decode.exclude_seen)
-            out["popularity"] = score({u: [(i,) for i in r] for u, r in zip(users, lists)}, split, users, split_name, cfg.eval.ks)
+            out["popularity"] = score({u: [(i,) for i in r] for u, r in zip(users, lists)}, split, users, split_name,
+                                      cfg.eval.ks, ips_clip=cfg.eval.ips_clip, seed=cfg.run.seed)
     return out

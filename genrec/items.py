@@ -77,6 +77,20 @@ class ItemIndex:
         self.leaf_count = counts[1:].clone()
         self.leaf_count[0] = self.num_items
 
+    def log_mass(self, item_weights) -> torch.Tensor:
+        """[nodes]: log of the summed (positive) weights of the items under each node; the root holds all.
+
+        A node prior for decoding: stepping from node to child by ``log_mass[child] - log_mass[node]``
+        adds up over an item's path to ``log w(item) - log(sum of all w)``, whatever the path length."""
+        w = torch.as_tensor(item_weights, dtype=torch.float64)
+        if w.shape != (self.num_items,) or not bool((w > 0).all()):
+            raise ValueError(f"log_mass needs one positive weight per item ({self.num_items})")
+        mass = torch.zeros(self.num_nodes + 1, dtype=torch.float64)
+        mass.index_add_(0, (self.item_path + 1).flatten(), w.repeat_interleave(self.max_depth))
+        mass = mass[1:]  # slot 0 collected the -1 padding of shorter paths
+        mass[0] = w.sum()
+        return mass.log().float()
+
     @property
     def fingerprint(self) -> str:
         """Changes whenever any item's token sequence changes (a catalog or tokenizer change)."""

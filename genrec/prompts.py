@@ -9,10 +9,14 @@ A template file has these keys::
       {% for item in history %}- {{ item }}
       {% endfor %}Next:
     completion: "{{ target }}"       # required; Jinja2; what the model learns to generate
+    rationale: "why: {{ rationale }}"  # optional; one line written before the completion (reason-then-recommend)
 
 Variables: ``history`` (identifier strings, oldest first), ``history_items``
 (items with ``.text``, ``.plain_id``, ``.item_id``, ``.fields``), ``target`` (the
-target's identifier string), ``target_item``, ``user_id``. Undefined variables are
+target's identifier string), ``target_item``, ``user_id``; in ``rationale`` also ``rationale`` (the text
+``genrec.rationale`` builds from the history; the model learns to write the rendered line, then a
+newline, then the completion, and at inference writes it freely before the item is decoded under
+the trie). Undefined variables are
 errors that name the file and line. The completion rendered for every catalog
 item is what constrained decoding allows, so it must depend on the target.
 """
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import jinja2
@@ -32,7 +36,7 @@ from genrec.data.catalog import Catalog, Item
 from genrec.data.splits import Example
 from genrec.errors import TemplateError, suggest
 
-KNOWN_KEYS = ("name", "description", "system", "prompt", "completion")
+KNOWN_KEYS = ("name", "description", "system", "prompt", "completion", "rationale")
 REQUIRED_KEYS = ("name", "prompt", "completion")
 _ENV = ImmutableSandboxedEnvironment(  # templates may read the catalog, never change it
 
@@ -44,6 +48,7 @@ _ENV = ImmutableSandboxedEnvironment(  # templates may read the catalog, never c
 class RenderedExample:
     prompt: str  # everything the model reads (chat-wrapped when chat is on); no loss
     completion: str  # what the model learns to generate (loss); the end token is added at tokenization
+    rationale: str | None = None  # reason-then-recommend: the line written before the completion (loss)
 
 
 class PromptTemplate:
@@ -70,9 +75,10 @@ class PromptTemplate:
         self.name: str = data["name"]
         self.description: str = data.get("description") or ""
         self.system: str | None = data.get("system")
-        self._line_offset = {key: self._value_line_offset(root, key) for key in ("prompt", "completion", "system")}
+        self._line_offset = {key: self._value_line_offset(root, key)
+                             for key in ("prompt", "completion", "system", "rationale")}
         self._compiled = {}
-        for key in ("prompt", "completion", "system"):
+        for key in ("prompt", "completion", "system", "rationale"):
             if data.get(key) is None:
                 continue
             name = f"{source}#{key}"  # the code's filename: lets render errors find their template line
@@ -139,6 +145,21 @@ class PromptTemplate:
                      "target": item.identifier(identifier), "target_item": item}
         return self._render("completion", variables)
 
+    @property
+    def has_rationale(self) -> bool:
+        return "rationale" in self._compiled
+
+    def render_rationale(self, example: Example, catalog: Catalog, identifier: str) -> str:
+        """The rationale line (no newline: the encoder ends it with one, the stop signal at inference)."""
+        if example.rationale is None:
+            raise TemplateError(f"{self.source}: 'rationale' needs a rationale for user {example.user_id}; "
+                                "build examples with genrec.rationale.RationaleBuilder.attach")
+        variables = {**self.variables(example, catalog, identifier), "rationale": example.rationale}
+        line = self._render("rationale", variables).strip("\n")
+        if "\n" in line:
+            raise TemplateError(f"{self.source}: 'rationale' must render to one line (its newline ends it at inference)")
+        return line
+
     def render_system(self) -> str | None:
         return self._render("system", {}) if "system" in self._compiled else None
 
@@ -147,6 +168,8 @@ class PromptTemplate:
         sample = [catalog[i] for i in range(min(3, len(catalog)))]
         example = Example("validation-user", tuple(it.index for it in sample[:-1]), sample[-1].index)
         self.render_prompt(example, catalog, identifier)
+        if self.has_rationale:
+            self.render_rationale(replace(example, rationale="likes Drama (2)"), catalog, identifier)
         completions = {self.render_completion(it, identifier) for it in sample}
         if len(sample) > 1 and len(completions) == 1:
             raise TemplateError(
@@ -186,4 +209,6 @@ class PromptFormatter:
 
     def render(self, example: Example) -> RenderedExample:
         completion = self.template.render_completion(self.catalog[example.target], self.identifier, example.user_id)
-        return RenderedExample(self.prompt(example), completion)
+        rationale = self.template.render_rationale(example, self.catalog, self.identifier) \
+            if self.template.has_rationale else None
+        return RenderedExample(self.prompt(example), completion, rationale)

@@ -8,6 +8,7 @@ and refuses a checkpoint whose item index no longer matches the catalog.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +17,17 @@ from tqdm.auto import tqdm
 
 from genrec.config import Config
 from genrec.data import Split, load_split
-from genrec.data.splits import Example
-from genrec.decoding import constrained_topk
+from genrec.counterfactual import null_node_prior
+from genrec.data.splits import Example, training_examples
+from genrec.decoding import constrained_topk, greedy_lines
 from genrec.encoding import Encoder
-from genrec.errors import CheckpointError
+from genrec.errors import CheckpointError, ConfigError
 from genrec.item_tokens import add_item_tokens, grow_embeddings
 from genrec.items import ItemIndex
 from genrec.modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
+from genrec.popularity import smoothed
 from genrec.prompts import PromptFormatter, PromptTemplate
+from genrec.rationale import RationaleBuilder
 from genrec.training import TEMPLATE_FILE, read_info
 
 @dataclass
@@ -37,6 +41,20 @@ class Setup:
     index: ItemIndex
     model_path: Path
     item_tokens: list[int] | None = None  # items.identifier=atomic: the added token id of each catalog item
+
+    def training_examples(self) -> list[Example]:
+        """The run's training set (train.objective), with rationales when the template writes one."""
+        examples = training_examples(self.split, self.cfg.data, self.cfg.train.objective)
+        if not self.template.has_rationale:
+            return examples
+        if self.cfg.train.objective == "sequence":
+            raise ConfigError(f"{self.template.source} writes a rationale before the item, which needs "
+                              "train.objective=target (one rationale per prompt)")
+        return RationaleBuilder(self.split, self.cfg.reason).attach(examples)
+
+    def with_rationales(self, examples: list[Example]) -> list[Example]:
+        """Reference rationales for evaluation examples (what the model would be taught to write for them)."""
+        return RationaleBuilder(self.split, self.cfg.reason).attach(examples)
 
     def load_model(self, for_training: bool = False):
         """The base model, grown by one embedding row per atomic item token when the identifier is atomic."""
@@ -93,6 +111,7 @@ def checkpoint_template(cfg: Config, folder: Path | None) -> PromptTemplate | No
 class Recommender:
     def __init__(self, model, setup: Setup):
         self.model, self.setup = model, setup
+        self.last_rationales: list[list[int]] = []  # reason-then-recommend: the lines of the last rank() call
 
     @classmethod
     def load(cls, cfg: Config, check=None) -> tuple["Recommender", Path | None]:
@@ -117,19 +136,61 @@ class Recommender:
         model.eval()
         return cls(model, setup), folder
 
+    @functools.cached_property
+    def popularity_log_mass(self):
+        """log of the training popularity (count + 1) under each trie node."""
+        return self.setup.index.log_mass(smoothed(self.setup.split.train_popularity()))
+
+    @functools.cached_property
+    def null_log_prob(self):
+        """log p(path to each trie node | the prompt with an empty history), for contrastive decoding."""
+        return null_node_prior(self.model, self.setup.index, self.setup.encoder.prompt_ids(Example("", (), None)))
+
+    def node_prior(self):
+        """The decoding interventions inside the trie (None when there are none):
+        decode.popularity_gamma * popularity_log_mass - decode.contrastive_lambda * null_log_prob."""
+        gamma, lam = self.setup.cfg.decode.popularity_gamma, self.setup.cfg.decode.contrastive_lambda
+        parts = ([gamma * self.popularity_log_mass] if gamma else []) + ([-lam * self.null_log_prob] if lam else [])
+        return sum(parts) if parts else None
+
     def rank(self, examples: list[Example], excluded: list[set[int]], k: int, progress: bool = False,
-             desc: str = "decoding", prompts: list[list[int]] | None = None) -> list[list[tuple[int, float]]]:
-        """Top-k per example; ``prompts`` (token ids) may be passed when already encoded."""
-        dcfg = self.setup.cfg.decode
-        prompts = prompts or [self.setup.encoder.prompt_ids(ex) for ex in examples]
+             desc: str = "decoding", prompts: list[list[int]] | None = None,
+             rationales: list[list[int]] | None = None) -> list[list[tuple[int, float]]]:
+        """Top-k per example; ``prompts`` (token ids) may be passed when already encoded.
+
+        With a template that writes a rationale, each user's rationale line is generated first (greedy, at
+        most reason.max_new_tokens, ending at the first newline), or taken from ``rationales`` (token ids,
+        e.g. another user's for the swap test), and the item is decoded after it. The rationale ids used
+        are left in ``self.last_rationales``, aligned with ``examples``."""
+        setup, dcfg = self.setup, self.setup.cfg.decode
+        prompts = prompts or [setup.encoder.prompt_ids(ex) for ex in examples]
+        reasoning = setup.template.has_rationale
+        self.last_rationales = []
         out = []
         bar = tqdm(total=len(examples), desc=desc, disable=not progress, unit="user")
         for lo in range(0, len(examples), dcfg.batch_users):
+            batch = prompts[lo: lo + dcfg.batch_users]
+            if reasoning:
+                lines = rationales[lo: lo + dcfg.batch_users] if rationales is not None else self._rationales(batch)
+                self.last_rationales += lines
+                batch = [p + line for p, line in zip(batch, lines)]
             out += constrained_topk(
-                self.model, prompts[lo: lo + dcfg.batch_users], self.setup.index, k=k,
+                self.model, batch, setup.index, k=k,
                 num_beams=max(dcfg.num_beams, k), excluded=excluded[lo: lo + dcfg.batch_users],
-                length_penalty=dcfg.length_penalty, pad_id=self.setup.tokenizer.pad_token_id,
+                length_penalty=dcfg.length_penalty, pad_id=setup.tokenizer.pad_token_id,
+                node_prior=self.node_prior(),
             )
-            bar.update(len(prompts[lo: lo + dcfg.batch_users]))
+            bar.update(len(batch))
         bar.close()
         return out
+
+    def _rationales(self, prompts: list[list[int]]) -> list[list[int]]:
+        encoder = self.setup.encoder
+        lines = greedy_lines(self.model, prompts, encoder.newline_tokens(), self.setup.cfg.reason.max_new_tokens,
+                             self.setup.tokenizer.pad_token_id)
+        ending = encoder.rationale_ids("")  # the newline, for a line cut off at the token limit
+        stops = set(encoder.newline_tokens().tolist())
+        return [line if line and line[-1] in stops else line + ending for line in lines]
+
+    def decode_rationale(self, ids: list[int]) -> str:
+        return self.setup.tokenizer.decode(ids).strip()

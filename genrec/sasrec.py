@@ -227,7 +227,8 @@ def validation_ndcg10(split: Split, exclude_seen: bool, batch: int = 512) -> Cal
     users = split.eval_users
 
     def validate(model: SASRec) -> float:
-        return score(rank_split(model, split, users, "valid", 10, exclude_seen, batch), split, users, "valid", [10])["ndcg@10"]
+        ranked = rank_split(model, split, users, "valid", 10, exclude_seen, batch)
+        return score(ranked, split, users, "valid", [10], bias=False)["ndcg@10"]
 
     return validate
 

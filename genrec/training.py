@@ -49,7 +49,10 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     those positions (the prompt is ~95% of the tokens), gathered into one contiguous
     [positions, hidden] matrix: slicing a left-padded [batch, -k:] window instead hands the output
     layer a strided 3-D input, which on CPU runs as a batched matmul over a materialised copy of
-    the whole output embedding per row (15% of a step, measured)."""
+    the whole output embedding per row (15% of a step, measured).
+
+    Rows may carry ``weights`` (one per label, see ``genrec.popularity.TargetWeights``): they become
+    ``loss_weights``, aligned with ``labels``."""
     width = max(len(r["input_ids"]) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
@@ -62,23 +65,51 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     loss_positions = torch.zeros((len(rows), width), dtype=torch.bool)
     loss_positions[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels,
-            "loss_positions": loss_positions}
+    batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels,
+             "loss_positions": loss_positions}
+    if "weights" in rows[0]:
+        weights = torch.zeros((len(rows), width), dtype=torch.float32)
+        for i, r in enumerate(rows):
+            weights[i, width - len(r["weights"]):] = torch.tensor(r["weights"], dtype=torch.float32)
+        batch["loss_weights"] = weights
+    return batch
 
 
-def completion_loss(model, batch: dict[str, torch.Tensor], candidates: torch.Tensor | None = None) -> torch.Tensor:
-    """Mean cross-entropy over completion tokens, computing logits only where a label exists.
-
-    ``candidates`` (sorted token ids): the softmax runs over these tokens only — the atomic item tokens,
-    i.e. exactly the distribution constrained decoding ranks — and every label must be one of them."""
+def label_logits(model, batch: dict[str, torch.Tensor], candidates: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 logits [positions, vocab or candidates], target index per position) at the label positions."""
     keep = batch["loss_positions"]
     targets = batch["labels"][:, 1:][keep[:, :-1]]
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
     if candidates is None:
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
-        return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets)
-    return F.cross_entropy(candidate_logits(model, inputs, keep, candidates).float(),
-                           torch.searchsorted(candidates, targets))
+        return logits.float().reshape(-1, logits.shape[-1]), targets
+    return candidate_logits(model, inputs, keep, candidates).float(), torch.searchsorted(candidates, targets)
+
+
+def completion_loss(model, batch: dict[str, torch.Tensor], candidates: torch.Tensor | None = None,
+                    null_batch: dict[str, torch.Tensor] | None = None, alpha: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over completion tokens, computing logits only where a label exists.
+
+    ``candidates`` (sorted token ids): the softmax runs over these tokens only — the atomic item tokens,
+    i.e. exactly the distribution constrained decoding ranks — and every label must be one of them.
+    With ``loss_weights`` in the batch each token's cross-entropy is multiplied by its weight before the
+    mean (the weights are scaled to mean 1 over the data, not per batch). With ``alpha`` > 0 the
+    counterfactual term ``alpha * CE(logits - null logits)`` is added, the null logits coming from
+    ``null_batch`` (``genrec.counterfactual.NullHistory``: one row per row, or one row for all)."""
+    logits, targets = label_logits(model, batch, candidates)
+    weights = batch["loss_weights"][:, 1:][batch["loss_positions"][:, :-1]] if "loss_weights" in batch else None
+    loss = _cross_entropy(logits, targets, weights)
+    if alpha:
+        null_logits, _ = label_logits(model, null_batch, candidates)
+        loss = loss + alpha * _cross_entropy(logits - null_logits, targets, weights)
+    return loss
+
+
+def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return F.cross_entropy(logits, targets)
+    return (F.cross_entropy(logits, targets, reduction="none") * weights.to(logits.device)).mean()
 
 
 def candidate_logits(model, inputs: dict, keep: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -95,7 +126,8 @@ def candidate_logits(model, inputs: dict, keep: torch.Tensor, candidates: torch.
 
 
 def training_loss(model, batch: dict[str, torch.Tensor], autocast, mixed: bool,
-                  candidates: torch.Tensor | None = None) -> torch.Tensor:
+                  candidates: torch.Tensor | None = None, null_batch: dict | None = None, alpha: float = 0.0
+                  ) -> torch.Tensor:
     """``completion_loss`` under the run's mixed precision (``autocast``: a context manager).
 
     With ``mixed`` the adapter layers compute in the autocast dtype too: by default peft casts each
@@ -106,7 +138,7 @@ def training_loss(model, batch: dict[str, torch.Tensor], autocast, mixed: bool,
     from peft.helpers import disable_input_dtype_casting
 
     with autocast, disable_input_dtype_casting(model, active=mixed):
-        return completion_loss(model, batch, candidates)
+        return completion_loss(model, batch, candidates, null_batch, alpha)
 
 
 def peak_rss_mb() -> float:

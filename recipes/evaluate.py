@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from genrec.config import load_config, parse_cli
 from genrec.evaluation import baseline_metrics, evaluation_users, protocol, rank_users, score
 from genrec.modeling import resolve_dtype
+from genrec.rationale import RationaleBuilder, rationale_metrics
 from genrec.recommender import Recommender
 from genrec.runtime import make_accelerator, run, set_threads, setup_logging
 from genrec.training import atomic_write_text
@@ -43,18 +44,26 @@ def main(argv: list[str]) -> dict:
     users = evaluation_users(split, cfg.eval.users, cfg.run.seed)
     k = max(cfg.eval.ks)
     start = time.time()
+    why = {}
     with accelerator.autocast():
         mine = rank_users(recommender, users, cfg.eval.split, k, accelerator.process_index,
-                          accelerator.num_processes, progress=accelerator.is_main_process)
+                          accelerator.num_processes, progress=accelerator.is_main_process, rationales=why)
     elapsed = time.time() - start
-    rankings = {}
-    for part in accelerator.gather_for_metrics([mine], use_gather_object=True):
+    rankings, rationales = {}, {}
+    for part, part_why in accelerator.gather_for_metrics([(mine, why)], use_gather_object=True):
         rankings.update(part)
+        rationales.update(part_why)
     if not accelerator.is_main_process:
         return {}
 
+    metrics = score(rankings, split, users, cfg.eval.split, cfg.eval.ks, ips_clip=cfg.eval.ips_clip, seed=cfg.run.seed)
+    if rationales:  # reason-then-recommend: how the written rationales relate to history and recommendations
+        setup = recommender.setup
+        reference = setup.with_rationales([split.example(u, cfg.eval.split, cfg.data.max_history) for u in users])
+        metrics.update(rationale_metrics([[i for i, _ in rankings[u]] for u in users], [rationales[u] for u in users],
+                                         [ex.rationale for ex in reference], RationaleBuilder(split, cfg.reason)))
     results = {
-        "metrics": score(rankings, split, users, cfg.eval.split, cfg.eval.ks),
+        "metrics": metrics,
         "protocol": protocol(
             cfg, split, users, cfg.eval.split,
             model=cfg.model.name_or_path, model_path=str(recommender.setup.model_path),
@@ -70,7 +79,8 @@ def main(argv: list[str]) -> dict:
     atomic_write_text(out / "eval_results.json", json.dumps(results, indent=2))
     atomic_write_text(out / "rankings.jsonl", "".join(
         json.dumps({"user_id": u, "items": [split.catalog[i].item_id for i, _ in rankings[u]],
-                    "scores": [round(s, 4) for _, s in rankings[u]]}) + "\n" for u in users))
+                    "scores": [round(s, 4) for _, s in rankings[u]],
+                    **({"rationale": rationales[u]} if u in rationales else {})}) + "\n" for u in users))
     m = results["metrics"]
     log.info("%s on %d users: HR@10 %.4f  NDCG@10 %.4f  MRR@10 %.4f  valid %.3f  dup %.3f  (%.2f users/s)",
              "base model" if checkpoint is None else checkpoint, len(users), m["hit@10"], m["ndcg@10"], m["mrr@10"],

@@ -27,11 +27,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from genrec import __version__
 from genrec.config import load_config, parse_cli, save_config
-from genrec.data import training_examples
+from genrec.counterfactual import NullHistory
 from genrec.encoding import IGNORE_INDEX, tokenized_dataset
 from genrec.errors import ConfigError, DataError
 from genrec.evaluation import evaluation_users, rank_users, score
 from genrec.modeling import attach_adapter, resolve_dtype
+from genrec.popularity import training_weights
 from genrec.recommender import Recommender, prepare
 from genrec.runtime import make_accelerator, run, set_threads, setup_logging
 from genrec.training import (STATE_DIR, MetricsLog, checkpoint_dirs, collate, epoch_batches, load_training_state,
@@ -88,7 +89,7 @@ def main(argv: list[str]) -> None:
 
     # ---- setup: everything the user wrote is validated before weights load
     setup = prepare(cfg)
-    examples = training_examples(setup.split, cfg.data, cfg.train.objective)
+    examples = setup.training_examples()
     if not examples:
         raise DataError("no training windows: every user's training part is shorter than data.min_history + 1 "
                         "(or data.train_windows_per_user=0)")
@@ -98,6 +99,9 @@ def main(argv: list[str]) -> None:
     log.info("%d training windows (%s objective), %d users, %d items; mean length %.0f tokens", len(data),
              cfg.train.objective, len(setup.split.sequences), len(setup.split.catalog), sum(lengths) / len(lengths))
     candidates = item_softmax_candidates(cfg, setup, data)
+    weights = training_weights(cfg, setup.split, setup.item_tokens)  # train.target_weighting (None = plain mean)
+    alpha = cfg.train.counterfactual_alpha
+    null_history = NullHistory(setup.encoder, cfg.train.objective)
 
     model = setup.load_model(for_training=True)
     model = attach_adapter(model, cfg.adapter, setup.item_tokens)
@@ -152,7 +156,7 @@ def main(argv: list[str]) -> None:
         gathered = {}
         for part in accelerator.gather_for_metrics([mine], use_gather_object=True):
             gathered.update(part)
-        return score(gathered, setup.split, validation_users, "valid", [10])["ndcg@10"]
+        return score(gathered, setup.split, validation_users, "valid", [10], bias=False)["ndcg@10"]
 
     # ---- train
     mixed = accelerator.mixed_precision != "no"
@@ -167,11 +171,14 @@ def main(argv: list[str]) -> None:
         batches = epoch_cache[epoch]
         for micro in range(cfg.train.grad_accum):
             rows = data[batches[within * cfg.train.grad_accum + micro]]
-            batch = collate([{"input_ids": i, "labels": l} for i, l in zip(rows["input_ids"], rows["labels"])],
-                            setup.tokenizer.pad_token_id)
+            rows = [{"input_ids": i, "labels": l, "user_id": u, **({"weights": weights.row(l, t)} if weights else {})}
+                    for i, l, t, u in zip(rows["input_ids"], rows["labels"], rows["target"], rows["user_id"])]
+            batch = collate(rows, setup.tokenizer.pad_token_id)
+            null_batch = null_history.batch(rows, setup.tokenizer.pad_token_id) if alpha else None
             last = micro == cfg.train.grad_accum - 1
             with accelerator.no_sync(model) if not last else contextlib.nullcontext():
-                loss = training_loss(model, batch, accelerator.autocast(), mixed, candidates) / cfg.train.grad_accum
+                loss = training_loss(model, batch, accelerator.autocast(), mixed, candidates, null_batch,
+                                     alpha) / cfg.train.grad_accum
                 accelerator.backward(loss)
             window_loss += loss.item()
             window_tokens += int(batch["attention_mask"].sum())

@@ -53,13 +53,17 @@ def main(argv: list[str]) -> list[dict]:
     split = recommender.setup.split
     seen = set(split.sequences.get(example.user_id, example.history)) | set(example.history)
     ranked = recommender.rank([example], [seen if cfg.decode.exclude_seen else set()], cfg.recommend.k)[0]
+    why = {"rationale": recommender.decode_rationale(recommender.last_rationales[0])} \
+        if recommender.setup.template.has_rationale else {}
     rows = [{"user_id": example.user_id, "rank": r, "item_id": split.catalog[i].item_id,
-             "title": split.catalog[i].text, "score": round(s, 4)} for r, (i, s) in enumerate(ranked, start=1)]
+             "title": split.catalog[i].text, "score": round(s, 4), **why} for r, (i, s) in enumerate(ranked, start=1)]
     out = Path(cfg.run.output_dir) / "recommendations.jsonl"
     atomic_write_text(out, "".join(json.dumps(row) + "\n" for row in rows))
     print(f"history of {example.user_id} (most recent last):")
     for i in example.history[-5:]:
         print(f"    {split.catalog[i].text}")
+    if why:
+        print(f"rationale: {why['rationale']}")
     print(f"top-{cfg.recommend.k}:")
     for row in rows:
         print(f"  {row['rank']:>2}. {row['title']:<60} {row['score']:9.3f}")

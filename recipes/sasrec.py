@@ -63,7 +63,8 @@ def main(argv: list[str]) -> dict:
     rankings = sasrec.rank_split(model, split, users, cfg.eval.split, max(cfg.eval.ks), cfg.decode.exclude_seen, p.eval_batch)
     elapsed = time.time() - start
     results = {
-        "metrics": score(rankings, split, users, cfg.eval.split, cfg.eval.ks),
+        "metrics": score(rankings, split, users, cfg.eval.split, cfg.eval.ks, ips_clip=cfg.eval.ips_clip,
+                         seed=cfg.run.seed),
         "protocol": protocol(
             cfg, split, users, cfg.eval.split,
             max_history=p.max_len, identifier="catalog index",

@@ -215,7 +215,8 @@ def test_recipe_writes_results_scored_like_evaluate(toy_data_dir, tmp_path, caps
     rows = [json.loads(line) for line in (out / "rankings.jsonl").read_text().splitlines()]
     rankings = {r["user_id"]: [(split.catalog.by_id[i].index,) for i in r["items"]] for r in rows}
     assert len(rows) == 24 and all(len(r["items"]) == 20 for r in rows)
-    assert score(rankings, split, split.eval_users, "test", [1, 5, 10, 20]) == written["metrics"]
+    assert score(rankings, split, split.eval_users, "test", [1, 5, 10, 20], seed=proto["seed"]) == written["metrics"]
+    assert "snips_ndcg@10" in written["metrics"] and "snips_ndcg@10" in written["baselines"]["popularity"]
     assert [p.name for p in out.iterdir() if "tmp" in p.name] == []
 
     # reuse: same model, same numbers, no training

@@ -7,7 +7,7 @@ Users with fewer than 3 interactions contribute training windows only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -24,6 +24,8 @@ class Example:
     # sequence objective: the items history[sequence_from:] + (target,) are all training targets, each
     # predicted from the items before it; None = only ``target`` is (the prompt → target objective)
     sequence_from: int | None = None
+    # reason-then-recommend: a rationale built from the history alone (genrec.rationale), written before the target
+    rationale: str | None = None
 
     @property
     def sequence(self) -> tuple[int, ...]:
@@ -47,6 +49,7 @@ def k_core(frame: pd.DataFrame, k: int) -> pd.DataFrame:
 class Split:
     catalog: Catalog
     sequences: dict[str, list[int]]  # user -> all items, chronological
+    ratings: dict[str, dict[int, float]] = field(default_factory=dict)  # user -> item -> rating (last one; may be empty)
 
     def train_part(self, user: str) -> list[int]:
         seq = self.sequences[user]
@@ -83,9 +86,14 @@ def build_split(frame: pd.DataFrame, catalog: Catalog) -> Split:
     ordered = frame.assign(_row=np.arange(len(frame))).sort_values(["user_id", "timestamp", "_row"], kind="stable")
     index_of = {it.item_id: it.index for it in catalog.items}
     sequences: dict[str, list[int]] = {}
-    for user, items in zip(ordered["user_id"], ordered["item_id"].map(index_of)):
-        sequences.setdefault(user, []).append(int(items))
-    return Split(catalog=catalog, sequences=sequences)
+    ratings: dict[str, dict[int, float]] = {}
+    rated = "rating" in ordered and ordered["rating"].notna().any()
+    values = ordered["rating"] if rated else [None] * len(ordered)
+    for user, item, rating in zip(ordered["user_id"], ordered["item_id"].map(index_of), values):
+        sequences.setdefault(user, []).append(int(item))
+        if rating is not None and rating == rating:  # NaN: no rating for this interaction
+            ratings.setdefault(user, {})[int(item)] = float(rating)
+    return Split(catalog=catalog, sequences=sequences, ratings=ratings)
 
 
 def sliding_windows(split: Split, max_history: int, min_history: int = 1, per_user: int | None = None) -> list[Example]:

@@ -1,0 +1,66 @@
+"""Item popularity as a confounder: training weights, the decoding prior and propensities.
+
+Everything here is computed from the *training part* of the split only
+(``Split.train_popularity``): the validation and test items of a user never
+change a weight, a prior or a propensity.
+
+- Training (deconfounding, PD-style): each target's loss is weighted by its clipped inverse
+  popularity, so the model is not rewarded for "recommend what is popular".
+- Decoding (adjustment, PDA-style): ``ItemIndex.log_mass`` gives each trie node the log of the
+  popularity mass under it; adding ``gamma * (log W(child) - log W(node))`` at every step sums
+  over an item's path to exactly ``gamma * log pop(item) - gamma * log W(root)``.
+- Evaluation: propensities for IPS/SNIPS and the intervened test (``genrec.bias_metrics``).
+
+Counts are smoothed by +1 so an item never seen in training has a finite log and weight.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from genrec.encoding import IGNORE_INDEX
+
+
+def smoothed(popularity: np.ndarray) -> np.ndarray:
+    return np.asarray(popularity, dtype=np.float64) + 1.0
+
+
+def inverse_popularity_weights(popularity: np.ndarray, power: float = 1.0, clip: float = 10.0) -> np.ndarray:
+    """Per-item loss weight ``(pop + 1) ** -power``, scaled to mean 1 over the training interactions
+    (so the learning rate keeps its meaning), then capped at ``clip`` (a handful of rare items would
+    otherwise dominate the gradient: PD's clipped inverse propensity)."""
+    pop = np.asarray(popularity, dtype=np.float64)
+    raw = smoothed(pop) ** -power
+    total = pop.sum()
+    mean = (raw * pop).sum() / total if total else raw.mean()
+    return np.minimum(raw / mean, clip)
+
+
+def log_popularity(popularity: np.ndarray) -> np.ndarray:
+    """log(pop + 1) per item: the weights whose trie masses the decoding prior uses."""
+    return np.log(smoothed(popularity))
+
+
+class TargetWeights:
+    """Loss weight of every label position: the weight of the item that position predicts.
+
+    With atomic ids a label *is* an item token (this covers the sequence objective, where every item
+    of a window is a target); otherwise every completion token of a row belongs to its one target."""
+
+    def __init__(self, item_weights: np.ndarray, item_tokens: list[int] | None = None):
+        self.item_weights = np.asarray(item_weights, dtype=np.float64)
+        self.by_token = {tok: float(w) for tok, w in zip(item_tokens, self.item_weights)} if item_tokens else None
+
+    def row(self, labels: list[int], target: int) -> list[float]:
+        if self.by_token is not None:
+            return [self.by_token.get(tok, 1.0) if tok != IGNORE_INDEX else 0.0 for tok in labels]
+        weight = float(self.item_weights[target])
+        return [weight if tok != IGNORE_INDEX else 0.0 for tok in labels]
+
+
+def training_weights(cfg, split, item_tokens: list[int] | None) -> TargetWeights | None:
+    """The run's per-target loss weights (train.target_weighting), or None for a plain mean."""
+    if cfg.train.target_weighting == "none":
+        return None
+    weights = inverse_popularity_weights(split.train_popularity(), cfg.train.weight_power, cfg.train.weight_clip)
+    return TargetWeights(weights, item_tokens)

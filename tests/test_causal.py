@@ -1,0 +1,369 @@
+"""Popularity as a confounder: training weights from training data only, the telescoping decoding prior,
+the weighted loss, and the popularity-bias metrics, against hand-computed values."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from genrec.bias_metrics import bias_metrics, head_items, propensity_weights
+from genrec.config import load_config
+from genrec.data import load_split
+from genrec.data.splits import Example, Split
+from genrec.decoding import constrained_topk, score_items
+from genrec.encoding import IGNORE_INDEX
+from genrec.errors import ConfigError
+from genrec.modeling import load_base_model
+from genrec.popularity import TargetWeights, inverse_popularity_weights, smoothed, training_weights
+from genrec.recommender import prepare
+from genrec.training import collate, completion_loss
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_recipe(name: str):
+    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir, toy_data_dir):
+    cfg = load_config(None, [f"data.path={toy_data_dir}", "data.dataset=toy", "data.max_history=5",
+                             f"model.name_or_path={tiny_model_dir}", "model.dtype=float32"])
+    setup = prepare(cfg)
+    model = load_base_model(cfg.model, setup.model_path).eval()
+    return setup, model
+
+
+# ---- training weights --------------------------------------------------------------------------------------
+
+def test_inverse_popularity_weights_hand_computed():
+    # raw (pop+1)^-1 = [1, 1/2, 1/4]; mean over the 4 interactions = (0*1 + 1/2 + 3/4) / 4 = 0.3125
+    assert inverse_popularity_weights(np.array([0, 1, 3]), clip=100).tolist() == pytest.approx([3.2, 1.6, 0.8])
+    assert inverse_popularity_weights(np.array([0, 1, 3]), clip=2).tolist() == pytest.approx([2.0, 1.6, 0.8])
+    # power 0.5: raw [1, 2^-.5, 1/2]; mean (2^-.5 + 3/2) / 4
+    mean = (2 ** -0.5 + 1.5) / 4
+    assert inverse_popularity_weights(np.array([0, 1, 3]), power=0.5, clip=100).tolist() == pytest.approx(
+        [1 / mean, 2 ** -0.5 / mean, 0.5 / mean])
+    # mean 1 over training interactions when nothing is clipped
+    pop = np.array([5, 9, 1, 40, 2])
+    w = inverse_popularity_weights(pop, clip=1e9)
+    assert (w * pop).sum() / pop.sum() == pytest.approx(1.0)
+
+
+def test_weights_and_propensities_come_from_the_training_part_only(toy_data_dir):
+    cfg = load_config(None, [f"data.path={toy_data_dir}", "data.dataset=toy", "train.target_weighting=inverse_popularity"])
+    split = load_split(cfg)
+    before = training_weights(cfg, split, None).item_weights
+    # move every user's validation and test item to item 0: training counts, hence weights, must not move
+    moved = Split(split.catalog, {u: s[:-2] + [0, 0] if len(s) >= 3 else s for u, s in split.sequences.items()})
+    assert np.array_equal(moved.train_popularity(), split.train_popularity())
+    assert np.array_equal(training_weights(cfg, moved, None).item_weights, before)
+    # ... while a change in a training item does move them
+    user = next(u for u, s in split.sequences.items() if len(s) >= 5)
+    changed = dict(split.sequences)
+    changed[user] = [0] * 3 + split.sequences[user][3:]
+    assert not np.array_equal(training_weights(cfg, Split(split.catalog, changed), None).item_weights, before)
+
+
+def test_target_weights_per_label_position():
+    weights = np.array([0.5, 2.0, 4.0])
+    titles = TargetWeights(weights)  # every completion token of a row is its target's
+    assert titles.row([IGNORE_INDEX, IGNORE_INDEX, 7, 8], target=1) == [0.0, 0.0, 2.0, 2.0]
+    atomic = TargetWeights(weights, item_tokens=[100, 101, 102])  # each label is an item token
+    assert atomic.row([IGNORE_INDEX, 101, 102, IGNORE_INDEX, 100], target=0) == [0.0, 2.0, 4.0, 0.0, 0.5]
+
+
+def test_weighted_loss_is_the_weighted_mean_of_token_cross_entropies(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    rows = [{"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, -100, -100, 9, 10]},
+            {"input_ids": [11, 12, 13, 14], "labels": [-100, -100, -100, 14]}]
+    with torch.no_grad():
+        plain = completion_loss(model, collate(rows, pad_id=0)).item()
+        ones = [{**r, "weights": [0.0 if t == -100 else 1.0 for t in r["labels"]]} for r in rows]
+        assert completion_loss(model, collate(ones, pad_id=0)).item() == pytest.approx(plain, rel=1e-6)
+        uneven = [{**rows[0], "weights": [0, 0, 0, 0, 3.0, 3.0]}, {**rows[1], "weights": [0, 0, 0, 0.5]}]
+        weighted = completion_loss(model, collate(uneven, pad_id=0)).item()
+        per_token = []
+        for r in rows:
+            logits = model(input_ids=torch.tensor([r["input_ids"]])).logits[0, :-1]
+            per_token += F.cross_entropy(logits, torch.tensor(r["labels"][1:]), reduction="none")[
+                torch.tensor(r["labels"][1:]) != -100].tolist()
+    assert weighted == pytest.approx((3 * per_token[0] + 3 * per_token[1] + 0.5 * per_token[2]) / 3, rel=1e-5)
+    assert weighted != pytest.approx(plain, rel=1e-3)
+
+
+# ---- decoding prior ----------------------------------------------------------------------------------------
+
+def test_log_mass_telescopes_to_the_item_popularity(tiny):
+    setup, _ = tiny
+    index = setup.index
+    assert index.max_depth > 2  # titles: several steps per item, so the telescoping is exercised
+    w = smoothed(setup.split.train_popularity())
+    mass = index.log_mass(w)
+    for item in range(index.num_items):
+        path = [0] + [n for n in index.item_path[item].tolist() if n >= 0]
+        steps = sum(mass[b].item() - mass[a].item() for a, b in zip(path, path[1:]))
+        assert steps == pytest.approx(math.log(w[item]) - math.log(w.sum()), abs=1e-5)
+    # a node's mass is the sum over the items below it
+    node = index.item_path[0, 0].item()
+    below = [i for i in range(index.num_items) if node in index.item_path[i].tolist()]
+    assert mass[node].item() == pytest.approx(math.log(w[below].sum()), abs=1e-5)
+    with pytest.raises(ValueError):
+        index.log_mass(np.zeros(index.num_items))
+
+
+@pytest.mark.parametrize("gamma", [0.8, -0.5])
+def test_popularity_prior_inside_beam_search_equals_exhaustive_adjusted_scores(tiny, gamma):
+    """Wide beams prune nothing: the result must be the exact top-k of log p(item) + gamma * log pop(item)
+    (+ a constant); negative gamma (scores may rise along a path) switches early stopping off."""
+    setup, model = tiny
+    w = smoothed(setup.split.train_popularity())
+    prior = gamma * setup.index.log_mass(w)
+    bonus = torch.tensor(gamma * (np.log(w) - np.log(w.sum())), dtype=torch.float32)
+    for user in setup.split.eval_users[:4]:
+        prompt = setup.encoder.prompt_ids(setup.split.example(user, "test", 5))
+        seen = setup.split.seen(user, "test")
+        got = constrained_topk(model, [prompt], setup.index, k=10, num_beams=setup.index.num_items, excluded=[seen],
+                               pad_id=setup.tokenizer.pad_token_id, node_prior=prior)[0]
+        ref = score_items(model, prompt, setup.index) + bonus
+        ref[list(seen)] = float("-inf")
+        top = torch.topk(ref, 10)
+        assert [i for i, _ in got] == top.indices.tolist()
+        assert [s for _, s in got] == pytest.approx(top.values.tolist(), abs=1e-4)
+        plain = constrained_topk(model, [prompt], setup.index, k=10, num_beams=setup.index.num_items,
+                                 excluded=[seen], pad_id=setup.tokenizer.pad_token_id)[0]
+        assert [i for i, _ in plain] != [i for i, _ in got] or gamma == 0
+
+
+# ---- metrics -----------------------------------------------------------------------------------------------
+
+def test_propensity_weights_are_inverse_smoothed_counts_clipped():
+    w = propensity_weights(np.array([99, 49, 0]), clip=50)
+    assert w.tolist() == pytest.approx([1.0, 2.0, 50.0])  # rho = [1, .5, .01 -> floored at 1/50]
+
+
+def test_bias_metrics_hand_computed():
+    popularity = np.array([9, 4, 1, 0, 0])  # propensity weights [1, 2, 5, 10, 10] with clip 100
+    rankings = [[0, 1], [2, 0], [0, 1], [1, 0], [0, 2]]
+    targets = [0, 0, 3, 1, 2]  # ranks 1, 2, miss, 1, 2
+    m = bias_metrics(rankings, targets, popularity, k=10, clip=100, seed=0)
+    ndcg = np.array([1, 1 / math.log2(3), 0, 1, 1 / math.log2(3)])
+    w = np.array([1, 1, 10, 2, 5])
+    assert m["snips_ndcg@10"] == pytest.approx((w * ndcg).sum() / w.sum())
+    assert m["snips_hit@10"] == pytest.approx((1 + 1 + 2 + 5) / 19)
+    train_mean = (9 * 1 + 4 * 2 + 1 * 5) / 14
+    assert m["ips_hit@10"] == pytest.approx((1 + 1 + 2 + 5) / 5 / train_mean)
+    # quintiles of 5 users by target popularity (0 < 1 < 4 < 9 = 9): users 2, 4, 3, 0, 1
+    assert [m[f"hit@10_pop_q{q}"] for q in range(1, 6)] == [0.0, 1.0, 1.0, 1.0, 1.0]
+    assert m["arp@10"] == pytest.approx(np.mean([6.5, 5, 6.5, 6.5, 5]))
+    # head = the top 20% of 5 items = item 0; every list holds item 0 and one tail item -> 5 of 10 slots
+    assert head_items(popularity).tolist() == [True, False, False, False, False]
+    assert m["tail_share@10"] == pytest.approx(0.5)
+    assert 0 <= m["intervened_ndcg@10"] <= 1
+
+
+def test_snips_equals_the_plain_metric_when_popularity_is_flat():
+    rng = np.random.default_rng(3)
+    rankings = [rng.permutation(20)[:10].tolist() for _ in range(50)]
+    targets = rng.integers(0, 20, 50).tolist()
+    m = bias_metrics(rankings, targets, np.full(20, 7), k=10)
+    hits = np.mean([t in r for r, t in zip(rankings, targets)])
+    assert m["snips_hit@10"] == pytest.approx(hits)
+    assert m["ips_hit@10"] == pytest.approx(hits)
+    assert m["tail_share@10"] == pytest.approx(np.mean([np.mean([i >= 4 for i in r]) for r in rankings]))
+
+
+def test_intervened_test_favours_users_with_rare_targets():
+    popularity = np.array([1000, 0])
+    rankings = [[1]] * 200  # everyone is recommended the rare item
+    targets = [0] * 100 + [1] * 100  # every popular-target user is missed, every rare-target user hit
+    m = bias_metrics(rankings, targets, popularity, clip=1000, seed=1)
+    assert m["hit@10_pop_q1"] == 1.0 and m["hit@10_pop_q5"] == 0.0
+    assert m["intervened_hit@10"] > 0.98  # the rare target's weight is 1000x the popular one's
+    assert m["snips_hit@10"] == pytest.approx(1000 / 1001)
+
+
+# ---- config and end to end ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, message", [
+    ("train.weight_clip=0.5", "train.weight_clip"),
+    ("train.weight_power=-1", "train.weight_power"),
+    ("eval.ips_clip=0", "eval.ips_clip"),
+    ("train.target_weighting=inverse", "inverse_popularity"),
+])
+def test_bad_causal_settings_are_named(toy_data_dir, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [f"data.path={toy_data_dir}", "data.dataset=toy", override])
+
+
+def test_deconfounded_run_and_adjusted_evaluation(tiny_overrides):
+    overrides = tiny_overrides + ["train.epochs=1", "train.target_weighting=inverse_popularity", "train.weight_clip=5"]
+    load_recipe("finetune").main(overrides)
+    plain = load_recipe("evaluate").main(overrides)
+    adjusted = load_recipe("evaluate").main(overrides + ["decode.popularity_gamma=2.0"])
+    assert adjusted["protocol"]["decoding"]["popularity_gamma"] == 2.0
+    for results in (plain, adjusted):
+        m = results["metrics"]
+        assert {"snips_ndcg@10", "ips_ndcg@10", "intervened_ndcg@10", "arp@10", "tail_share@10",
+                "hit@10_pop_q1", "hit@10_pop_q5"} <= set(m)
+        assert m["valid_item_rate"] == 1.0 and m["duplicate_rate"] == 0.0
+        assert "snips_ndcg@10" in results["baselines"]["popularity"]
+    # a strong popularity prior pushes the recommendations towards popular items
+    assert adjusted["metrics"]["arp@10"] > plain["metrics"]["arp@10"]
+    run = Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("run.output_dir=")))
+    assert json.loads((run / "eval_results.json").read_text())["protocol"]["decoding"]["popularity_gamma"] == 2.0
+
+
+def test_causal_benchmark_trains_both_recipes_and_picks_gamma_on_validation(tiny_overrides, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    # the shipped recipes, on the tiny model and toy data
+    overrides = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "prompt.template="))]
+    overrides += ["train.weight_clip=5", "reason.max_new_tokens=16"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(REPO / "benchmarks" / "causal.py"), "--epochs", "1", "--out", str(tmp_path / "c"),
+           "--gammas", "0", "1", "3", "--penalties", "-1", "--lambdas", "0.5", "--set", *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    for label in ("sft", "deconfounded", "deconfounded_pd", "counterfactual", "sft_penalty", "popularity"):
+        assert 0 <= result[label]["debiased_ndcg@10"] <= 1
+        assert result[label]["debiased_ndcg@10"] == result[label]["snips_ndcg@10"]
+    grid = result["valid_grid"]
+    assert set(grid["deconfounded"]) == {"gamma=+0.00", "gamma=+1.00", "gamma=+3.00"}
+    assert set(grid["sft"]) == {"gamma=+0.00", "gamma=-1.00"}
+    assert set(grid["counterfactual"]) == {"lambda=+0.00", "lambda=+0.50"}
+    # the chosen setting follows the rule on the validation grid
+    reference = grid["sft"]["gamma=+0.00"]["ndcg@10"]
+    allowed = {g: m for g, m in grid["deconfounded"].items() if m["ndcg@10"] >= 0.95 * reference}
+    chosen = f"gamma={result['chosen']['deconfounded']['gamma']:+.2f}"
+    if allowed:
+        assert grid["deconfounded"][chosen]["debiased_ndcg@10"] == max(m["debiased_ndcg@10"] for m in allowed.values())
+    assert result["relative"]["deconfounded"]["ndcg@10"] == pytest.approx(
+        result["deconfounded"]["ndcg@10"] / result["sft"]["ndcg@10"] - 1, abs=2e-3)
+    assert result["deconfounded_pd"]["gamma"] == 0.0 and "lambda" in result["counterfactual"]
+    # own history vs another user's: reported for the rows that claim to use the history
+    for label in ("sft", "counterfactual"):
+        assert -1 <= result[label]["history_reliance_gap"] <= 1
+    assert result["train_minutes"]["sft"] > 0 and result["users"] == 24
+    # reason, then recommend: the item-only ablation has no rationale; the swap keeps the items' validity
+    assert "rationale_exact" not in result["reason_item_only"]
+    for label in ("reason", "reason_swapped"):
+        assert 0 <= result[label]["rationale_genre_match@10"] <= 1
+    assert result["reason"]["swap_drop_ndcg@10"] == pytest.approx(
+        result["reason"]["ndcg@10"] - result["reason_swapped"]["ndcg@10"], abs=2e-4)
+    trained_with = {name: yaml.safe_load((tmp_path / "c" / name / "config.yaml").read_text())["train"]
+                    for name in ("sft", "deconfounded", "counterfactual", "reason", "reason_item_only")}
+    assert trained_with["sft"]["target_weighting"] == trained_with["counterfactual"]["target_weighting"] == "none"
+    assert trained_with["deconfounded"]["target_weighting"] == "inverse_popularity"
+    assert trained_with["sft"]["counterfactual_alpha"] == 0 and trained_with["counterfactual"]["counterfactual_alpha"] > 0
+    assert {trained_with[n]["epochs"] for n in ("sft", "deconfounded", "counterfactual")} == {1.0}
+    assert trained_with["reason"]["epochs"] == trained_with["reason_item_only"]["epochs"] == 2.0  # their config's
+
+
+# ---- counterfactual fine-tuning and contrastive decoding ---------------------------------------------------
+
+def _title_rows(setup, n=4):
+    from genrec.data import training_examples
+
+    examples = training_examples(setup.split, setup.cfg.data, "target")[:n]
+    return [{**setup.encoder.encode(ex), "user_id": ex.user_id} for ex in examples]
+
+
+def test_cft_loss_equals_sft_loss_at_alpha_zero_and_adds_the_counterfactual_term(tiny):
+    from genrec.counterfactual import NullHistory
+
+    setup, model = tiny
+    rows = _title_rows(setup)
+    pad = setup.tokenizer.pad_token_id
+    batch, null = collate(rows, pad), NullHistory(setup.encoder, "target").batch(rows, pad)
+    with torch.no_grad():
+        sft = completion_loss(model, batch).item()
+        assert completion_loss(model, batch, null_batch=null, alpha=0.0).item() == sft
+        cft = completion_loss(model, batch, null_batch=null, alpha=0.7).item()
+        # by hand: full logits of each row and of its null twin, at the completion positions
+        with_h, without, targets = [], [], []
+        null_prompt = setup.encoder.prompt_ids(Example("", (), None))
+        for r in rows:
+            start = next(p for p, t in enumerate(r["labels"]) if t != IGNORE_INDEX)
+            completion = r["input_ids"][start:]
+            h = model(input_ids=torch.tensor([r["input_ids"]])).logits[0, start - 1: -1]
+            n = model(input_ids=torch.tensor([null_prompt + completion])).logits[0, len(null_prompt) - 1: -1]
+            with_h.append(h)
+            without.append(n)
+            targets += completion
+    h, n, y = torch.cat(with_h), torch.cat(without), torch.tensor(targets)
+    assert sft == pytest.approx(F.cross_entropy(h, y).item(), rel=1e-5)
+    assert cft == pytest.approx(F.cross_entropy(h, y).item() + 0.7 * F.cross_entropy(h - n, y).item(), rel=1e-5)
+
+
+def test_cft_sequence_objective_subtracts_the_empty_history_prediction(tiny_overrides):
+    from genrec.counterfactual import NullHistory
+    from genrec.data import sequence_windows
+
+    overrides = [o for o in tiny_overrides if not o.startswith("prompt.template=")]
+    setup = prepare(load_config(None, overrides + [f"prompt.template={REPO / 'prompts' / 'next_item_atomic.yaml'}",
+                                                   "prompt.chat=off", "items.identifier=atomic",
+                                                   "train.objective=sequence"]))
+    torch.manual_seed(0)
+    model = setup.load_model().eval()
+    rows = [{**setup.encoder.encode(ex), "user_id": ex.user_id} for ex in sequence_windows(setup.split, 5, 2)[:3]]
+    pad = setup.tokenizer.pad_token_id
+    batch, null = collate(rows, pad), NullHistory(setup.encoder, "sequence").batch(rows, pad)
+    assert null["input_ids"].shape[0] == 1
+    candidates = torch.tensor(sorted(setup.item_tokens))
+    with torch.no_grad():
+        cft = completion_loss(model, batch, candidates, null, alpha=0.5).item()
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                     position_ids=batch["position_ids"]).logits
+        prompt = setup.encoder.prompt_ids(Example("", (), None))
+        prior = model(input_ids=torch.tensor([prompt])).logits[0, -1, candidates]
+    keep = batch["labels"][:, 1:] != IGNORE_INDEX
+    h = full[:, :-1][keep][:, candidates]
+    y = torch.searchsorted(candidates, batch["labels"][:, 1:][keep])
+    assert cft == pytest.approx(F.cross_entropy(h, y).item() + 0.5 * F.cross_entropy(h - prior, y).item(), rel=1e-4)
+
+
+def test_contrastive_decoding_equals_exhaustive_contrast(tiny):
+    from genrec.counterfactual import null_node_prior
+
+    setup, model = tiny
+    null_prompt = setup.encoder.prompt_ids(Example("", (), None))
+    prior = null_node_prior(model, setup.index, null_prompt)
+    null_scores = score_items(model, null_prompt, setup.index)
+    leaves = setup.index.item_path.gather(1, (setup.index.item_length - 1).unsqueeze(1)).squeeze(1)
+    assert prior[leaves].tolist() == pytest.approx(null_scores.tolist(), abs=1e-4)
+    lam = 0.6
+    for user in setup.split.eval_users[:3]:
+        prompt = setup.encoder.prompt_ids(setup.split.example(user, "test", 5))
+        got = constrained_topk(model, [prompt], setup.index, k=10, num_beams=setup.index.num_items,
+                               pad_id=setup.tokenizer.pad_token_id, node_prior=-lam * prior)[0]
+        top = torch.topk(score_items(model, prompt, setup.index) - lam * null_scores, 10)
+        assert [i for i, _ in got] == top.indices.tolist()
+        assert [s for _, s in got] == pytest.approx(top.values.tolist(), abs=1e-4)
+
+
+def test_counterfactual_run_and_contrastive_evaluation(tiny_overrides):
+    overrides = tiny_overrides + ["train.epochs=1", "train.counterfactual_alpha=0.5"]
+    load_recipe("finetune").main(overrides)
+    run = Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("run.output_dir=")))
+    losses = [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert losses and all(math.isfinite(v) for v in losses)
+    results = load_recipe("evaluate").main(overrides + ["decode.contrastive_lambda=0.5"])
+    assert results["protocol"]["decoding"]["contrastive_lambda"] == 0.5
+    assert results["metrics"]["valid_item_rate"] == 1.0 and results["metrics"]["duplicate_rate"] == 0.0
