@@ -104,7 +104,9 @@ class TrainConfig:
     max_length: int = 1024  # longer examples are cut from the left of the prompt
     log_every: int = 10
     eval_every: int = 0  # validation NDCG@10 on a seeded user sample every N steps (0 = only at the end)
-    eval_users: int = 64
+    eval_users: int | None = 64  # users in that sample (null = every validation user)
+    select_best: bool = False  # keep the weights of the best validation NDCG@10 (of every eval_every and the end) as the adapter
+    patience: int | None = None  # stop after this many validations without a better NDCG@10 (needs eval_every)
     save_every: int = 0  # checkpoint every N optimizer steps (0 = only at the end)
     keep_checkpoints: int = 2
     halt_after_steps: int | None = None  # stop early as if interrupted (for time-boxed runs and resume tests)
@@ -370,6 +372,11 @@ def validate(cfg: Config) -> None:
                           ("train.weight_clip", cfg.train.weight_clip, 1.0), ("eval.ips_clip", cfg.eval.ips_clip, 1.0)):
         if val < low:
             raise ConfigError(f"config: '{key}' must be >= {low:g}, found {val}")
+    if (cfg.train.select_best or cfg.train.patience) and not cfg.train.eval_every:
+        raise ConfigError("config: train.select_best and train.patience choose among validations during training; "
+                          "set train.eval_every (e.g. the steps of one epoch)")
+    if cfg.train.patience is not None and cfg.train.patience < 1:
+        raise ConfigError(f"config: 'train.patience' must be >= 1, found {cfg.train.patience}")
     _validate_sasrec(cfg.sasrec)
     unknown = [b for b in cfg.eval.baselines if b not in BASELINES]
     if unknown:

@@ -39,6 +39,7 @@ from genrec.training import (STATE_DIR, MetricsLog, checkpoint_dirs, collate, ep
                              peak_rss_mb, prune_checkpoints, training_loss, write_checkpoint)
 
 log = logging.getLogger("genrec")
+BEST_DIR = "best"  # train.select_best: the weights of the best validation so far
 
 
 def build_scheduler(name: str, optimizer, warmup: int, total: int):
@@ -122,10 +123,15 @@ def main(argv: list[str]) -> None:
     scheduler = build_scheduler(cfg.train.scheduler, optimizer, int(cfg.train.warmup_ratio * total), total)
     model, optimizer = accelerator.prepare(model, optimizer)
     step = 0
+    # model selection on validation (train.select_best / train.patience): best NDCG@10 so far, its step, and
+    # how many validations since; kept in every checkpoint so that a resumed run selects the same way
+    selection = {"best_ndcg": None, "best_step": None, "since_best": 0, "stopped_early": False}
     if resume_from is not None:
-        step = load_training_state(resume_from, optimizer, scheduler)["step"]
+        state = load_training_state(resume_from, optimizer, scheduler)
+        step = state["step"]
+        selection.update(state.get("selection", {}))
         log.info("resumed from %s at step %d", resume_from, step)
-        if step >= total and resume_from.name == "adapter":
+        if (step >= total or selection["stopped_early"]) and resume_from.name == "adapter":
             log.info("training already finished (%d of %d steps); adapter at %s", step, total, resume_from)
             return
 
@@ -144,7 +150,7 @@ def main(argv: list[str]) -> None:
         if accelerator.is_main_process:
             write_checkpoint(folder, accelerator.unwrap_model(model), {**info, "step": step}, config_text,
                              setup.template.text, optimizer if with_state else None, scheduler,
-                             {"step": step, "total_steps": total})
+                             {"step": step, "total_steps": total, "selection": selection})
         accelerator.wait_for_everyone()
 
     def validate() -> float:
@@ -157,6 +163,15 @@ def main(argv: list[str]) -> None:
         for part in accelerator.gather_for_metrics([mine], use_gather_object=True):
             gathered.update(part)
         return score(gathered, setup.split, validation_users, "valid", [10], bias=False)["ndcg@10"]
+
+    def select(ndcg: float) -> None:
+        """Track the best validation so far; with train.select_best keep its weights in <output_dir>/best."""
+        if selection["best_ndcg"] is None or ndcg > selection["best_ndcg"]:
+            selection.update(best_ndcg=ndcg, best_step=step, since_best=0)
+            if cfg.train.select_best:
+                save(out / BEST_DIR, with_state=False)
+        else:
+            selection["since_best"] += 1
 
     # ---- train
     mixed = accelerator.mixed_precision != "no"
@@ -204,19 +219,37 @@ def main(argv: list[str]) -> None:
             ndcg = validate()
             metrics.write({"step": step, "valid_ndcg@10": round(ndcg, 5), "valid_users": len(validation_users)})
             log.info("step %d: validation NDCG@10 %.4f on %d users", step, ndcg, len(validation_users))
+            select(ndcg)
+            if cfg.train.patience and selection["since_best"] >= cfg.train.patience:
+                selection["stopped_early"] = True
+                log.info("early stop at step %d: no better validation NDCG@10 in %d validations (best %.4f at "
+                         "step %d)", step, cfg.train.patience, selection["best_ndcg"], selection["best_step"])
+                break
         if cfg.train.save_every and step % cfg.train.save_every == 0 and step < stop_at:
             save(out / "checkpoints" / f"step-{step:06d}")
             if accelerator.is_main_process:
                 prune_checkpoints(out, cfg.train.keep_checkpoints)
     bar.close()
 
-    if step < total:  # halted early: leave a resumable checkpoint, no final adapter
+    if step < total and not selection["stopped_early"]:  # halted: leave a resumable checkpoint, no final adapter
         save(out / "checkpoints" / f"step-{step:06d}")
         log.info("halted after step %d of %d; continue with run.resume=true", step, total)
         return
-    ndcg = validate()
-    metrics.write({"step": step, "valid_ndcg@10": round(ndcg, 5), "valid_users": len(validation_users)})
-    log.info("final validation NDCG@10 %.4f on %d users", ndcg, len(validation_users))
+    if not selection["stopped_early"]:
+        ndcg = validate()
+        metrics.write({"step": step, "valid_ndcg@10": round(ndcg, 5), "valid_users": len(validation_users)})
+        log.info("final validation NDCG@10 %.4f on %d users", ndcg, len(validation_users))
+        select(ndcg)
+    if cfg.train.select_best and selection["best_step"] != step:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        best = load_file(str(out / BEST_DIR / "adapter_model.safetensors"))
+        set_peft_model_state_dict(accelerator.unwrap_model(model), best)
+        log.info("keeping the weights of step %d (validation NDCG@10 %.4f) over step %d's",
+                 selection["best_step"], selection["best_ndcg"], step)
+    metrics.write({"step": step, "selected_step": selection["best_step"], "selected_valid_ndcg@10":
+                   None if selection["best_ndcg"] is None else round(selection["best_ndcg"], 5)})
     save(out / "adapter")
     log.info("adapter saved to %s", out / "adapter")
 

@@ -208,3 +208,62 @@ def test_bf16_training_loss_keeps_fp32_adapter_weights_and_gradients(tiny_model_
         ref = results[False][1][n]
         assert torch.allclose(g, ref, atol=0.05 * ref.abs().max().item() + 1e-6), n
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
+def _validations(run_dir: Path) -> list[tuple[int, float]]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r["valid_ndcg@10"]) for r in rows if "valid_ndcg@10" in r]
+
+
+def test_select_best_keeps_the_weights_of_the_best_validation(tiny_overrides, tmp_path):
+    finetune = load_recipe("finetune")
+    run = tmp_path / "run"
+    finetune.main(tiny_overrides + ["train.max_steps=8", "train.eval_every=2", "train.select_best=true",
+                                    "train.lr=3e-2", "train.eval_users=null"])
+    checks = _validations(run)
+    assert [s for s, _ in checks] == [2, 4, 6, 8]
+    best_step, best = max(checks, key=lambda sv: (sv[1], -sv[0]))  # the first of equal bests
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["selected_step"] == best_step and rows[-1]["selected_valid_ndcg@10"] == pytest.approx(best)
+    adapter, kept = load_file(str(run / "adapter" / "adapter_model.safetensors")), \
+        load_file(str(run / "best" / "adapter_model.safetensors"))
+    assert adapter.keys() == kept.keys() and all(torch.equal(adapter[k], kept[k]) for k in adapter)
+    # and the kept adapter scores what was logged for its step
+    results = load_recipe("evaluate").main(tiny_overrides + ["eval.split=valid", "eval.users=null"])
+    assert results["metrics"]["ndcg@10"] == pytest.approx(best, abs=1e-4)
+
+
+def test_patience_stops_where_the_validation_log_says(tiny_overrides, tmp_path):
+    finetune = load_recipe("finetune")
+    run = tmp_path / "run"
+    finetune.main(tiny_overrides + ["train.max_steps=20", "train.eval_every=1", "train.patience=2",
+                                    "train.lr=5e-2", "train.eval_users=null"])
+    checks = _validations(run)
+    best_at, stop_at = 0, None
+    for i, (_, ndcg) in enumerate(checks):  # replay the rule on the logged validations
+        if ndcg > checks[best_at][1]:
+            best_at = i
+        elif i - best_at >= 2:
+            stop_at = i
+            break
+    if stop_at is None:
+        assert checks[-1][0] == 20  # never two validations without a gain: ran to the end
+    else:
+        assert len(checks) == stop_at + 1 and checks[-1][0] < 20
+    state = json.loads((run / "adapter" / "genrec_state" / "trainer_state.json").read_text())
+    assert state["selection"]["stopped_early"] == (stop_at is not None)
+    # resuming a run that stopped early is a no-op
+    stamp = (run / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns
+    finetune.main(tiny_overrides + ["train.max_steps=20", "train.eval_every=1", "train.patience=2",
+                                    "train.lr=5e-2", "train.eval_users=null", "run.resume=true"])
+    assert (run / "adapter" / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_selection_needs_validations(tiny_overrides):
+    from genrec.config import load_config
+    from genrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.eval_every"):
+        load_config(None, tiny_overrides + ["train.select_best=true"])
+    with pytest.raises(ConfigError, match="train.patience"):
+        load_config(None, tiny_overrides + ["train.eval_every=5", "train.patience=0"])
