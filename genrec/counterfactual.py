@@ -59,5 +59,5 @@ def null_node_prior(model, index: ItemIndex, prompt: list[int], batch_size: int 
     """[nodes]: log p(path to the node | null prompt), by teacher forcing every item once (root = 0)."""
     values = torch.zeros(index.num_nodes)
     for item, logp in item_token_logprobs(model, prompt, index, list(range(index.num_items)), batch_size):
-        values[index.item_path[item, : len(logp)]] = logp.cumsum(0)  # items sharing a prefix agree on its nodes
+        values[index.item_path[item, : len(logp)]] = logp.float().cumsum(0)  # items sharing a prefix agree on its nodes
     return values

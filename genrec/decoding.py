@@ -55,8 +55,10 @@ class NextTokenLogProbs:
             out = self.model(**inputs, logits_to_keep=1 if keep == -1 else 0)
             return torch.log_softmax(out.logits[:, keep].float(), dim=-1), out.past_key_values
         out = self.body(**inputs)
-        logits = F.linear(out.last_hidden_state[:, keep].float(), self.weight, self.bias)
-        return torch.log_softmax(logits, dim=-1), out.past_key_values
+        hidden = out.last_hidden_state[:, keep].float()
+        with torch.autocast(hidden.device.type, enabled=False):  # under autocast F.linear would run in bf16
+            logits = F.linear(hidden, self.weight, self.bias)
+            return torch.log_softmax(logits, dim=-1), out.past_key_values
 
 
 def topn_per_group(group: torch.Tensor, score: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -183,7 +183,10 @@ def test_output_layer_runs_in_fp32_under_a_bf16_body(tiny_model_dir):
         exact = torch.log_softmax(ref(input_ids=ids).logits[:, -1], -1)
         bf16_head = torch.log_softmax(low(input_ids=ids).logits[:, -1].float(), -1)
         fp32_head, _ = NextTokenLogProbs(low)(input_ids=ids)
-    assert fp32_head.dtype == torch.float32
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # as recipes/evaluate.py decodes
+            autocast_head, _ = NextTokenLogProbs(low)(input_ids=ids)
+    assert fp32_head.dtype == autocast_head.dtype == torch.float32
+    torch.testing.assert_close(autocast_head, fp32_head, rtol=0, atol=1e-5)  # autocast does not pull the head to bf16
     top = exact[0].topk(20).indices  # the tokens that decide rankings
     err_fp32 = (fp32_head[0, top] - exact[0, top]).abs().mean()
     err_bf16 = (bf16_head[0, top] - exact[0, top]).abs().mean()
