@@ -117,3 +117,16 @@ def tiny_overrides(tiny_model_dir, toy_data_dir, tmp_path) -> list[str]:
         "train.eval_users=6",
         "decode.batch_users=4",
     ]
+
+
+@pytest.fixture(scope="module")
+def tiny_title_setup(tiny_model_dir, toy_data_dir):
+    """(Setup, untuned tiny model in eval mode) for title identifiers on the toy data: a multi-level trie."""
+    from genrec.config import load_config
+    from genrec.modeling import load_base_model
+    from genrec.recommender import prepare
+
+    cfg = load_config(None, [f"data.path={toy_data_dir}", "data.dataset=toy", "data.max_history=5",
+                             f"model.name_or_path={tiny_model_dir}", "model.dtype=float32"])
+    setup = prepare(cfg)
+    return setup, load_base_model(cfg.model, setup.model_path).eval()

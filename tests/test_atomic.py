@@ -3,7 +3,6 @@ growth, whole-history windows, sequence labels, the item-only softmax, and a tin
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -24,15 +23,10 @@ from genrec.modeling import attach_adapter
 from genrec.recommender import prepare
 from genrec.training import collate, completion_loss
 
+from helpers_recipes import load_recipe
+
 REPO = Path(__file__).resolve().parents[1]
 ATOMIC_TEMPLATE = REPO / "prompts" / "next_item_atomic.yaml"
-
-
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def fresh_tokenizer(model_dir: Path):

@@ -3,7 +3,6 @@ the weighted loss, and the popularity-bias metrics, against hand-computed values
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -21,28 +20,18 @@ from genrec.data.splits import Example, Split
 from genrec.decoding import constrained_topk, score_items
 from genrec.encoding import IGNORE_INDEX
 from genrec.errors import ConfigError
-from genrec.modeling import load_base_model
 from genrec.popularity import TargetWeights, inverse_popularity_weights, smoothed, training_weights
 from genrec.recommender import prepare
 from genrec.training import collate, completion_loss
 
+from helpers_recipes import load_recipe
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def tiny(tiny_model_dir, toy_data_dir):
-    cfg = load_config(None, [f"data.path={toy_data_dir}", "data.dataset=toy", "data.max_history=5",
-                             f"model.name_or_path={tiny_model_dir}", "model.dtype=float32"])
-    setup = prepare(cfg)
-    model = load_base_model(cfg.model, setup.model_path).eval()
-    return setup, model
+def tiny(tiny_title_setup):
+    return tiny_title_setup
 
 
 # ---- training weights --------------------------------------------------------------------------------------

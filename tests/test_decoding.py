@@ -12,11 +12,8 @@ from genrec.recommender import prepare
 
 
 @pytest.fixture(scope="module")
-def tiny(tiny_model_dir, toy_data_dir):
-    cfg = load_config(None, [f"data.path={toy_data_dir}", "data.dataset=toy", "data.max_history=5",
-                             f"model.name_or_path={tiny_model_dir}", "model.dtype=float32"])
-    setup = prepare(cfg)
-    model = load_base_model(cfg.model, setup.model_path).eval()
+def tiny(tiny_title_setup):
+    setup, model = tiny_title_setup
     users = setup.split.eval_users[:6]
     examples = [setup.split.example(u, "test", 5) for u in users]
     prompts = [setup.encoder.prompt_ids(ex) for ex in examples]

@@ -3,7 +3,6 @@ encoder's labels, generation up to the newline, and a tiny end-to-end run with t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -21,15 +20,10 @@ from genrec.prompts import PromptTemplate
 from genrec.rationale import RationaleBuilder, named_genres, rationale_metrics
 from genrec.recommender import prepare
 
+from helpers_recipes import load_recipe
+
 REPO = Path(__file__).resolve().parents[1]
 REASON = REPO / "prompts" / "reason_then_recommend.yaml"
-
-
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,14 +11,8 @@ from safetensors.torch import load_file
 
 from genrec.training import collate, completion_loss
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers_recipes import load_recipe
 
-
-def load_recipe(name: str):
-    spec = importlib.util.spec_from_file_location(f"recipe_{name}", REPO / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def losses(run_dir: Path) -> dict[int, float]:
