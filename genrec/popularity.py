@@ -36,11 +36,6 @@ def inverse_popularity_weights(popularity: np.ndarray, power: float = 1.0, clip:
     return np.minimum(raw / mean, clip)
 
 
-def log_popularity(popularity: np.ndarray) -> np.ndarray:
-    """log(pop + 1) per item: the weights whose trie masses the decoding prior uses."""
-    return np.log(smoothed(popularity))
-
-
 class TargetWeights:
     """Loss weight of every label position: the weight of the item that position predicts.
 
