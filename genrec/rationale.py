@@ -17,8 +17,9 @@ import re
 from collections import Counter
 from dataclasses import replace
 
-from genrec.data.catalog import Catalog, Item
+from genrec.data.catalog import Catalog
 from genrec.data.splits import Example, Split
+from genrec.item_facts import ItemFacts
 
 
 class RationaleBuilder:
@@ -26,15 +27,8 @@ class RationaleBuilder:
         self.catalog: Catalog = split.catalog
         self.ratings = split.ratings
         self.cfg = reason_cfg
-
-    def genres(self, item: Item) -> list[str]:
-        field = self.cfg.genre_field
-        return str(item.fields.get(field, "")).split() if field else []
-
-    def decade(self, item: Item) -> str | None:
-        field = self.cfg.year_field
-        match = re.search(r"\d{4}", str(item.fields.get(field, ""))) if field else None
-        return f"{match.group()[:3]}0s" if match else None
+        self.facts = ItemFacts(self.catalog, reason_cfg.genre_field, reason_cfg.year_field)
+        self.genres, self.decade = self.facts.genres, self.facts.decade
 
     def build(self, user_id: str, history: tuple[int, ...]) -> str:
         items = [self.catalog[i] for i in history]
@@ -62,7 +56,7 @@ class RationaleBuilder:
         return [replace(ex, rationale=self.build(ex.user_id, ex.history)) for ex in examples]
 
     def vocabulary(self) -> set[str]:
-        return {g for it in self.catalog.items for g in self.genres(it)}
+        return self.facts.vocabulary()
 
 
 def named_genres(rationale: str, vocabulary: set[str]) -> set[str]:
