@@ -136,6 +136,21 @@ class RecommendConfig:
     user_id: str | None = None  # recommend for this user's full history ...
     history: list[str] | None = None  # ... or for these item titles/ids (a list, or one string split on '|')
     k: int = 10
+    explain: bool = False  # also explain each recommended item (template with an 'explanation' key; explain.*); `explain=true` for short
+
+
+@dataclass
+class ExplainConfig:
+    """Explained recommendations: the evidence behind an explanation (genrec.evidence) and how the model writes it."""
+    genre_field: str | None = "class"  # item field holding space-separated genres (ml-100k: class)
+    year_field: str | None = "release_year"  # item field holding the year
+    recent: int = 10  # the user's genre affinity and counted claims cover the last N items of the history
+    anchor_min_rating: float = 4.0  # history items rated at least this may be cited as loved
+    cowatch_min: int = 5  # co-watch claims need at least this many training users who watched both
+    decoding: str = "grounded"  # grounded: the model's most likely true statement (every candidate the evidence supports, scored by teacher forcing); free: greedy text
+    select: str = "faithful"  # grounded: faithful = cite the evidence whose removal lowers the item's score most (if any does), then the likeliest wording; likeliest = the likeliest candidate
+    length_penalty: float = 1.0  # grounded: a candidate's score is its log-probability / tokens ** length_penalty (1 = mean per token)
+    max_new_tokens: int = 48  # free decoding: most tokens an explanation may take
 
 
 @dataclass
@@ -185,6 +200,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     recommend: RecommendConfig = field(default_factory=RecommendConfig)
     reason: ReasonConfig = field(default_factory=ReasonConfig)
+    explain: ExplainConfig = field(default_factory=ExplainConfig)
     sasrec: SASRecConfig = field(default_factory=SASRecConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -205,6 +221,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.objective": ("target", "sequence"),
     "train.target_weighting": ("none", "inverse_popularity"),
     "eval.split": ("test", "valid"),
+    "explain.decoding": ("grounded", "free"),
+    "explain.select": ("faithful", "likeliest"),
 }
 
 
@@ -364,6 +382,9 @@ def validate(cfg: Config) -> None:
         if getattr(cfg.reason, key) < (1 if key == "max_new_tokens" else 0):
             raise ConfigError(f"config: 'reason.{key}' must be >= {1 if key == 'max_new_tokens' else 0}, "
                               f"found {getattr(cfg.reason, key)}")
+    for key in ("recent", "cowatch_min", "max_new_tokens"):
+        if getattr(cfg.explain, key) < 1:
+            raise ConfigError(f"config: 'explain.{key}' must be >= 1, found {getattr(cfg.explain, key)}")
     if cfg.items.identifier == "atomic" and cfg.adapter.method not in ("lora", "dora"):
         raise ConfigError(f"config: items.identifier=atomic trains the new item-token rows with peft's "
                           f"trainable_token_indices, which adapter.method={cfg.adapter.method} lacks; use lora or dora")

@@ -247,6 +247,31 @@ def item_token_logprobs(model, prompt: list[int], index: ItemIndex, items: list[
             yield item, logp[r, : len(s)]
 
 
+@torch.no_grad()
+def score_continuations(model, prompt: list[int], sequences: list[list[int]], length_penalty: float = 0.0) -> torch.Tensor:
+    """log p(sequence | prompt) / len ** length_penalty for each sequence after one shared prompt (e.g. the
+    candidate lines of a grounded explanation). The prompt runs once and its keys/values are repeated for
+    every sequence, so n candidates cost one prompt plus n short continuations, not n whole prompts."""
+    if len(prompt) < 2:
+        raise ValueError("score_continuations needs a prompt of at least 2 tokens")
+    device = next(model.parameters()).device
+    next_logp = NextTokenLogProbs(model)
+    head = torch.tensor([prompt[:-1]], dtype=torch.long, device=device)
+    _, cache = next_logp(input_ids=head, use_cache=True)
+    cache.batch_repeat_interleave(len(sequences))
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width + 1), prompt[-1], dtype=torch.long, device=device)
+    for r, seq in enumerate(sequences):  # right padding: later positions never change earlier log-probs
+        ids[r, 1: len(seq) + 1] = torch.tensor(seq)
+    logp, _ = next_logp(keep=slice(0, -1), input_ids=ids, past_key_values=cache, use_cache=True)
+    logp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).cpu()
+    scores = torch.empty(len(sequences))
+    for r, seq in enumerate(sequences):
+        total = logp[r, : len(seq)].sum().item()
+        scores[r] = total / len(seq) ** length_penalty if length_penalty else total
+    return scores
+
+
 def score_items(model, prompt: list[int], index: ItemIndex, items: list[int] | None = None,
                 length_penalty: float = 0.0, batch_size: int = 64) -> torch.Tensor:
     """Exact score of each item given one prompt (teacher forcing): the exhaustive reference."""

@@ -59,7 +59,7 @@ class Encoder:
         return ids if self.item_tokens else ids + [self.end_id]
 
     def rationale_ids(self, line: str) -> list[int]:
-        """A rationale line and the newline that ends it (tokenized on its own, as generation sees it)."""
+        """A rationale or explanation line and the newline that ends it (tokenized on its own, as generation sees it)."""
         return self.tokenizer(line + "\n", add_special_tokens=False)["input_ids"]
 
     def newline_tokens(self) -> torch.Tensor:
@@ -75,6 +75,8 @@ class Encoder:
         completion = self.completion_ids(rendered.completion)
         if rendered.rationale is not None:
             completion = self.rationale_ids(rendered.rationale) + completion  # the model writes both
+        if rendered.explanation is not None:
+            completion = completion + self.rationale_ids(rendered.explanation)  # the item, then why
         overflow = len(prompt) + len(completion) - self.max_length
         if example.sequence_from is not None:
             return self._sequence_labels(example, prompt + completion, overflow)
@@ -127,7 +129,7 @@ def tokenized_dataset(encoder: Encoder, examples: list[Example], cache_dir: str 
     digest.update(encoder.fingerprint().encode())
     for ex in examples:
         digest.update(f"{ex.user_id}|{','.join(map(str, ex.history))}|{ex.target}|{ex.sequence_from}|"
-                      f"{ex.rationale}\n".encode())
+                      f"{ex.rationale}|{ex.explanation}\n".encode())
     folder = Path(cache_dir) / f"tokenized-{digest.hexdigest()[:20]}"
     if (folder / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(folder))
@@ -138,14 +140,16 @@ def tokenized_dataset(encoder: Encoder, examples: list[Example], cache_dir: str 
             "target": [ex.target for ex in examples],
             "sequence_from": [ex.sequence_from for ex in examples],
             "rationale": [ex.rationale for ex in examples],
+            "explanation": [ex.explanation for ex in examples],
         }
     )
 
     def encode_batch(batch):
         out = {"input_ids": [], "labels": []}
-        for user, history, target, first, why in zip(batch["user_id"], batch["history"], batch["target"],
-                                                     batch["sequence_from"], batch["rationale"]):
-            enc = encoder.encode(Example(user, tuple(history), target, first, why))
+        for user, history, target, first, why, because in zip(batch["user_id"], batch["history"], batch["target"],
+                                                              batch["sequence_from"], batch["rationale"],
+                                                              batch["explanation"]):
+            enc = encoder.encode(Example(user, tuple(history), target, first, why, because))
             out["input_ids"].append(enc["input_ids"])
             out["labels"].append(enc["labels"])
         return out

@@ -10,13 +10,17 @@ A template file has these keys::
       {% endfor %}Next:
     completion: "{{ target }}"       # required; Jinja2; what the model learns to generate
     rationale: "why: {{ rationale }}"  # optional; one line written before the completion (reason-then-recommend)
+    explanation: " Why: {{ explanation }}"  # optional; one line written after the completion (explained recommendations)
 
 Variables: ``history`` (identifier strings, oldest first), ``history_items``
 (items with ``.text``, ``.plain_id``, ``.item_id``, ``.fields``), ``target`` (the
-target's identifier string), ``target_item``, ``user_id``; in ``rationale`` also ``rationale`` (the text
+target's identifier string), ``target_item``, ``user_id``, ``history_ratings`` (the user's rating of
+each history item, None where unknown); in ``rationale`` also ``rationale`` (the text
 ``genrec.rationale`` builds from the history; the model learns to write the rendered line, then a
 newline, then the completion, and at inference writes it freely before the item is decoded under
-the trie). Undefined variables are
+the trie); in ``explanation`` also ``explanation`` (the text genrec.explanations writes from the
+evidence for the target; the model learns the rendered line and a newline after the item, and at
+inference writes it after the item it recommended). Undefined variables are
 errors that name the file and line. The completion rendered for every catalog
 item is what constrained decoding allows, so it must depend on the target.
 """
@@ -36,7 +40,8 @@ from genrec.data.catalog import Catalog, Item
 from genrec.data.splits import Example
 from genrec.errors import TemplateError, suggest
 
-KNOWN_KEYS = ("name", "description", "system", "prompt", "completion", "rationale")
+KNOWN_KEYS = ("name", "description", "system", "prompt", "completion", "rationale", "explanation")
+LINE_KEYS = ("rationale", "explanation")  # one-line parts the model writes around the completion
 REQUIRED_KEYS = ("name", "prompt", "completion")
 _ENV = ImmutableSandboxedEnvironment(  # templates may read the catalog, never change it
 
@@ -49,6 +54,7 @@ class RenderedExample:
     prompt: str  # everything the model reads (chat-wrapped when chat is on); no loss
     completion: str  # what the model learns to generate (loss); the end token is added at tokenization
     rationale: str | None = None  # reason-then-recommend: the line written before the completion (loss)
+    explanation: str | None = None  # explained recommendation: the line written after the completion (loss)
 
 
 class PromptTemplate:
@@ -76,9 +82,9 @@ class PromptTemplate:
         self.description: str = data.get("description") or ""
         self.system: str | None = data.get("system")
         self._line_offset = {key: self._value_line_offset(root, key)
-                             for key in ("prompt", "completion", "system", "rationale")}
+                             for key in ("prompt", "completion", "system", *LINE_KEYS)}
         self._compiled = {}
-        for key in ("prompt", "completion", "system", "rationale"):
+        for key in ("prompt", "completion", "system", *LINE_KEYS):
             if data.get(key) is None:
                 continue
             name = f"{source}#{key}"  # the code's filename: lets render errors find their template line
@@ -126,22 +132,23 @@ class PromptTemplate:
         except jinja2.TemplateError as e:
             raise TemplateError(f"{self.source}: in '{key}': {e}") from None
 
-    def variables(self, example: Example, catalog: Catalog, identifier: str) -> dict:
+    def variables(self, example: Example, catalog: Catalog, identifier: str, ratings: dict | None = None) -> dict:
         history_items = [catalog[i] for i in example.history]
         target_item = catalog[example.target] if example.target is not None else None
         return {
             "user_id": example.user_id,
             "history": [it.identifier(identifier) for it in history_items],
             "history_items": history_items,
+            "history_ratings": [(ratings or {}).get(i) for i in example.history],
             "target": target_item.identifier(identifier) if target_item else None,
             "target_item": target_item,
         }
 
-    def render_prompt(self, example: Example, catalog: Catalog, identifier: str) -> str:
-        return self._render("prompt", self.variables(example, catalog, identifier)).strip("\n")
+    def render_prompt(self, example: Example, catalog: Catalog, identifier: str, ratings: dict | None = None) -> str:
+        return self._render("prompt", self.variables(example, catalog, identifier, ratings)).strip("\n")
 
     def render_completion(self, item: Item, identifier: str, user_id: str = "") -> str:
-        variables = {"user_id": user_id, "history": [], "history_items": [],
+        variables = {"user_id": user_id, "history": [], "history_items": [], "history_ratings": [],
                      "target": item.identifier(identifier), "target_item": item}
         return self._render("completion", variables)
 
@@ -149,15 +156,35 @@ class PromptTemplate:
     def has_rationale(self) -> bool:
         return "rationale" in self._compiled
 
+    @property
+    def has_explanation(self) -> bool:
+        return "explanation" in self._compiled
+
     def render_rationale(self, example: Example, catalog: Catalog, identifier: str) -> str:
         """The rationale line (no newline: the encoder ends it with one, the stop signal at inference)."""
         if example.rationale is None:
             raise TemplateError(f"{self.source}: 'rationale' needs a rationale for user {example.user_id}; "
                                 "build examples with genrec.rationale.RationaleBuilder.attach")
-        variables = {**self.variables(example, catalog, identifier), "rationale": example.rationale}
-        line = self._render("rationale", variables).strip("\n")
+        return self._line("rationale", example, catalog, identifier, example.rationale)
+
+    def render_explanation(self, example: Example, catalog: Catalog, identifier: str, text: str | None = None) -> str:
+        """The explanation line of ``example`` (its own ``explanation`` unless ``text`` is given), no newline."""
+        text = example.explanation if text is None else text
+        if text is None:
+            raise TemplateError(f"{self.source}: 'explanation' needs an explanation for user {example.user_id}; "
+                                "build examples with Setup.training_examples (genrec.explanations)")
+        return self._line("explanation", example, catalog, identifier, text)
+
+    def explanation_affixes(self, example: Example, catalog: Catalog, identifier: str) -> tuple[str, str]:
+        """The text the explanation line puts before and after the explanation itself (to read it back)."""
+        marker = "\u2063explanation\u2063"
+        before, _, after = self.render_explanation(example, catalog, identifier, marker).partition(marker)
+        return before, after
+
+    def _line(self, key: str, example: Example, catalog: Catalog, identifier: str, text: str) -> str:
+        line = self._render(key, {**self.variables(example, catalog, identifier), key: text}).strip("\n")
         if "\n" in line:
-            raise TemplateError(f"{self.source}: 'rationale' must render to one line (its newline ends it at inference)")
+            raise TemplateError(f"{self.source}: '{key}' must render to one line (its newline ends it at inference)")
         return line
 
     def render_system(self) -> str | None:
@@ -170,6 +197,10 @@ class PromptTemplate:
         self.render_prompt(example, catalog, identifier)
         if self.has_rationale:
             self.render_rationale(replace(example, rationale="likes Drama (2)"), catalog, identifier)
+        if self.has_explanation:
+            if self.has_rationale:
+                raise TemplateError(f"{self.source}: a template writes a rationale or an explanation, not both")
+            self.render_explanation(replace(example, explanation="you loved it"), catalog, identifier)
         completions = {self.render_completion(it, identifier) for it in sample}
         if len(sample) > 1 and len(completions) == 1:
             raise TemplateError(
@@ -187,15 +218,17 @@ class PromptTemplate:
 class PromptFormatter:
     """Template + tokenizer: the exact text the model reads, chat-wrapped when asked."""
 
-    def __init__(self, template: PromptTemplate, tokenizer, catalog: Catalog, identifier: str, chat: str = "auto"):
+    def __init__(self, template: PromptTemplate, tokenizer, catalog: Catalog, identifier: str, chat: str = "auto",
+                 ratings: dict[str, dict[int, float]] | None = None):
         self.template, self.tokenizer, self.catalog, self.identifier = template, tokenizer, catalog, identifier
+        self.ratings = ratings or {}  # user -> item -> rating: the templates' history_ratings
         has_chat = bool(getattr(tokenizer, "chat_template", None))
         if chat == "on" and not has_chat:
             raise TemplateError("prompt.chat=on but the tokenizer has no chat template; use prompt.chat=auto or off")
         self.use_chat = has_chat and chat != "off"
 
     def prompt(self, example: Example) -> str:
-        body = self.template.render_prompt(example, self.catalog, self.identifier)
+        body = self.template.render_prompt(example, self.catalog, self.identifier, self.ratings.get(example.user_id))
         if not self.use_chat:
             # atomic item tokens delimit themselves: the answer follows the history directly, exactly as
             # every item inside the history follows the one before it (what the sequence objective trains)
@@ -211,4 +244,6 @@ class PromptFormatter:
         completion = self.template.render_completion(self.catalog[example.target], self.identifier, example.user_id)
         rationale = self.template.render_rationale(example, self.catalog, self.identifier) \
             if self.template.has_rationale else None
-        return RenderedExample(self.prompt(example), completion, rationale)
+        explanation = self.template.render_explanation(example, self.catalog, self.identifier) \
+            if self.template.has_explanation else None
+        return RenderedExample(self.prompt(example), completion, rationale, explanation)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -22,6 +22,9 @@ from genrec.data.splits import Example, training_examples
 from genrec.decoding import constrained_topk, greedy_lines
 from genrec.encoding import Encoder
 from genrec.errors import CheckpointError, ConfigError
+from genrec.evidence import EvidenceBuilder
+from genrec.explaining import explain
+from genrec.explanations import Explainer
 from genrec.item_tokens import add_item_tokens, grow_embeddings
 from genrec.items import ItemIndex
 from genrec.modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
@@ -43,14 +46,30 @@ class Setup:
     item_tokens: list[int] | None = None  # items.identifier=atomic: the added token id of each catalog item
 
     def training_examples(self) -> list[Example]:
-        """The run's training set (train.objective), with rationales when the template writes one."""
+        """The run's training set (train.objective), with rationales or explanations when the template writes one."""
         examples = training_examples(self.split, self.cfg.data, self.cfg.train.objective)
-        if not self.template.has_rationale:
+        if not (self.template.has_rationale or self.template.has_explanation):
             return examples
         if self.cfg.train.objective == "sequence":
-            raise ConfigError(f"{self.template.source} writes a rationale before the item, which needs "
-                              "train.objective=target (one rationale per prompt)")
+            raise ConfigError(f"{self.template.source} writes a line beside the item (rationale or explanation), "
+                              "which needs train.objective=target (one line per prompt)")
+        if self.template.has_explanation:
+            return self.with_explanations(examples)
         return RationaleBuilder(self.split, self.cfg.reason).attach(examples)
+
+    @functools.cached_property
+    def explainer(self) -> Explainer:
+        return Explainer(EvidenceBuilder(self.split, self.cfg.explain))
+
+    def with_explanations(self, examples: list[Example]) -> list[Example]:
+        """Each example with the reference explanation of its target; pairs no explanation family covers are
+        dropped (their item has neither genres nor a year)."""
+        out = []
+        for ex in examples:
+            ref = self.explainer.oracle(self.explainer.evidence.build(ex.user_id, ex.history, ex.target))
+            if ref is not None:
+                out.append(replace(ex, explanation=ref.text))
+        return out
 
     def with_rationales(self, examples: list[Example]) -> list[Example]:
         """Reference rationales for evaluation examples (what the model would be taught to write for them)."""
@@ -72,7 +91,7 @@ def prepare(cfg: Config, template: PromptTemplate | None = None) -> Setup:
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path)
     item_tokens = add_item_tokens(tokenizer, split.catalog) if cfg.items.identifier == "atomic" else None
-    formatter = PromptFormatter(template, tokenizer, split.catalog, cfg.items.identifier, cfg.prompt.chat)
+    formatter = PromptFormatter(template, tokenizer, split.catalog, cfg.items.identifier, cfg.prompt.chat, split.ratings)
     encoder = Encoder(formatter, cfg.train.max_length, item_tokens)
     return Setup(cfg, split, template, tokenizer, formatter, encoder, encoder.item_index(), model_path, item_tokens)
 
@@ -194,3 +213,8 @@ class Recommender:
 
     def decode_rationale(self, ids: list[int]) -> str:
         return self.setup.tokenizer.decode(ids).strip()
+
+    def explain(self, examples: list[Example], items: list[int], decoding: str | None = None,
+                progress: bool = False) -> list[str]:
+        """The explanation of ``items[i]`` for ``examples[i]`` (genrec.explaining; explain.* settings)."""
+        return explain(self, examples, items, decoding, progress)

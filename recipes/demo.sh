@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # `make demo`: tune the bundled SmolLM2-135M on ml-100k as a sequential recommender (one token per
 # movie, loss on every movie of each history, LoRA — the Quality recipe), evaluate it on all 943 test
-# users, compare with most-popular-unseen and the untuned model (seeded sample), show top-10 for one user.
+# users, compare with most-popular-unseen and the untuned model (seeded sample), show top-10 for one user,
+# then a short run of the recommend-then-explain recipe and explained top-3 recommendations.
 # Re-running resumes training from its last checkpoint and re-evaluates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,15 +12,22 @@ OUT=${OUT:-runs/demo}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 start=$(date +%s)
 
-echo "== 1/4 fine-tune ($CFG)"
+EXPLAIN_CFG=${EXPLAIN_CFG:-recipes/configs/ml100k/smollm2_explain.yaml}
+EXPLAIN_STEPS=${EXPLAIN_STEPS:-30}  # a short run (~5 min) for the demo; the recipe trains one epoch (118 steps)
+echo "== 1/5 fine-tune ($CFG)"
 $BIN/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
   recipes/finetune.py --config "$CFG" run.output_dir="$OUT/tuned" run.resume=true
-echo "== 2/4 evaluate the tuned model on every test user"
+echo "== 2/5 evaluate the tuned model on every test user"
 $BIN/python recipes/evaluate.py --config "$CFG" run.output_dir="$OUT/tuned"
-echo "== 3/4 evaluate the untuned base model (seeded sample of 100 users)"
+echo "== 3/5 evaluate the untuned base model (seeded sample of 100 users)"
 $BIN/python recipes/evaluate.py --config "$CFG" run.output_dir="$OUT/base" run.checkpoint=base eval.users=100
-echo "== 4/4 top-10 for user 1"
+echo "== 4/5 top-10 for user 1"
 $BIN/python recipes/recommend.py --config "$CFG" run.output_dir="$OUT/tuned" recommend.user_id=1 recommend.k=10
+echo "== 5/5 explained recommendations ($EXPLAIN_CFG, $EXPLAIN_STEPS steps; each line is the likeliest true statement, its claims re-checked)"
+$BIN/python recipes/finetune.py --config "$EXPLAIN_CFG" run.output_dir="$OUT/explain" run.resume=true \
+  train.max_steps="$EXPLAIN_STEPS"
+$BIN/python recipes/recommend.py --config "$EXPLAIN_CFG" run.output_dir="$OUT/explain" recommend.user_id=1 \
+  recommend.k=3 explain=true
 
 echo
 echo "== results (ml-100k, leave-one-out, full ranking over 1,682 items, seen items excluded)"

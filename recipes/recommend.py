@@ -2,8 +2,11 @@
 
     python recipes/recommend.py --config recipes/configs/ml100k/smollm2_lora.yaml recommend.user_id=1
     python recipes/recommend.py --config ... "recommend.history=Toy Story (1995)|Heat (1995)|Fargo (1996)"
+    python recipes/recommend.py --config recipes/configs/ml100k/smollm2_explain.yaml recommend.user_id=1 explain=true
 
-Writes ``recommendations.jsonl`` (rows ``{user_id, rank, item_id, title, score}``)
+Writes ``recommendations.jsonl`` (rows ``{user_id, rank, item_id, title, score}``, plus ``explanation``,
+``claims`` and ``claims_true`` — its claims as genrec.explain_verify parses and checks them — with
+``explain=true`` / ``recommend.explain=true``, which needs a template with an 'explanation' key)
 in run.output_dir and prints a table. Every item is a real catalog item; items in
 the history are never recommended (decode.exclude_seen).
 """
@@ -20,6 +23,7 @@ from genrec.config import load_config, parse_cli
 from genrec.data.catalog import Catalog
 from genrec.data.splits import Example, Split
 from genrec.errors import ConfigError, DataError, suggest
+from genrec.explain_verify import ExplanationVerifier
 from genrec.recommender import Recommender
 from genrec.runtime import run, set_threads, setup_logging
 from genrec.training import atomic_write_text
@@ -43,12 +47,20 @@ def request(cfg, split: Split) -> Example:
 
 
 def main(argv: list[str]) -> list[dict]:
+    # `explain=true` is short for recommend.explain=true
+    argv = [f"recommend.{a}" if a.split("=", 1)[0] == "explain" else a for a in argv]
     cfg = load_config(*parse_cli(argv))
     set_threads()
     setup_logging()
     asked: list[Example] = []
     # the request is validated against the data before any weights load
-    recommender, _ = Recommender.load(cfg, check=lambda setup: asked.append(request(cfg, setup.split)))
+    def check(setup) -> None:
+        asked.append(request(cfg, setup.split))
+        if cfg.recommend.explain and not setup.template.has_explanation:
+            raise ConfigError(f"explain=true needs a template with an 'explanation' key and a model trained with it; "
+                              f"{setup.template.source} has none (see recipes/configs/ml100k/smollm2_explain.yaml)")
+
+    recommender, _ = Recommender.load(cfg, check=check)
     example = asked[0]
     split = recommender.setup.split
     seen = set(split.sequences.get(example.user_id, example.history)) | set(example.history)
@@ -57,6 +69,11 @@ def main(argv: list[str]) -> list[dict]:
         if recommender.setup.template.has_rationale else {}
     rows = [{"user_id": example.user_id, "rank": r, "item_id": split.catalog[i].item_id,
              "title": split.catalog[i].text, "score": round(s, 4), **why} for r, (i, s) in enumerate(ranked, start=1)]
+    if cfg.recommend.explain:
+        verifier = ExplanationVerifier(recommender.setup.explainer.evidence)
+        for row, (item, _), text in zip(rows, ranked, recommender.explain([example] * len(ranked), [i for i, _ in ranked])):
+            claims = verifier.verify(text, example.user_id, example.history, item).claims
+            row.update(explanation=text, claims=len(claims), claims_true=sum(c.true for c in claims))
     out = Path(cfg.run.output_dir) / "recommendations.jsonl"
     atomic_write_text(out, "".join(json.dumps(row) + "\n" for row in rows))
     print(f"history of {example.user_id} (most recent last):")
@@ -67,6 +84,8 @@ def main(argv: list[str]) -> list[dict]:
     print(f"top-{cfg.recommend.k}:")
     for row in rows:
         print(f"  {row['rank']:>2}. {row['title']:<60} {row['score']:9.3f}")
+        if "explanation" in row:
+            print(f"      because: {row['explanation']}  [{row['claims_true']}/{row['claims']} claims true]")
     print(f"written to {out}")
     return rows
 

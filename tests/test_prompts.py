@@ -61,7 +61,7 @@ def test_shipped_templates_load_and_check(path, identifier, catalog):
     t.check(catalog, identifier)
     item = catalog[2]
     assert t.render_completion(item, identifier) == item.identifier(identifier)
-    if path.name not in ("next_item_atomic.yaml", "reason_then_recommend.yaml"):  # meant for prompt.chat=off
+    if path.name not in ("next_item_atomic.yaml", "reason_then_recommend.yaml", "recommend_then_explain.yaml"):  # prompt.chat=off
         assert t.render_system()  # every chat template ships a system prompt
     prompt = t.render_prompt(Example("u", (0, 1), 2), catalog, identifier)
     assert not prompt.startswith("\n") and not prompt.endswith("\n")
@@ -136,7 +136,7 @@ def test_undefined_variable_names_file_and_variable(tmp_path, catalog):
     assert msg.startswith(str(path))
     assert "'favourite_genre' is undefined" in msg
     assert "in 'prompt'" in msg
-    assert "available variables: history, history_items, target, target_item, user_id" in msg
+    assert "available variables: history, history_items, history_ratings, target, target_item, user_id" in msg
 
 
 def test_undefined_variable_reports_file_line(tmp_path, catalog):

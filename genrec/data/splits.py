@@ -26,6 +26,8 @@ class Example:
     sequence_from: int | None = None
     # reason-then-recommend: a rationale built from the history alone (genrec.rationale), written before the target
     rationale: str | None = None
+    # explained recommendation: the explanation of the target (genrec.explanations), written after it
+    explanation: str | None = None
 
     @property
     def sequence(self) -> tuple[int, ...]:
