@@ -305,3 +305,16 @@ def test_explain_benchmark_scores_the_recipe_beside_the_baselines(tiny_overrides
     assert rows["oracle"]["bleu4"] == 100.0 and rows["generic"]["history_claims"] == 0.0
     records = [json.loads(line) for line in (tmp_path / "e" / "explanations.jsonl").read_text().splitlines()]
     assert len(records) == 12 and {"user", "item", "rating", "feature", "explanation"} <= set(records[0])
+
+
+def test_cli_writes_reference_records(tiny_overrides, tmp_path):
+    from genrec.cli import main
+
+    out = tmp_path / "train.jsonl"
+    assert main(["explanations", "--config", str(REPO / "recipes/configs/ml100k/smollm2_explain.yaml"),
+                 "--split", "train", "--out", str(out), *[o for o in tiny_overrides if o.startswith("data.")],
+                 "explain.cowatch_min=1"]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and {"user", "item", "rating", "feature", "explanation", "family", "cited"} <= set(rows[0])
+    assert {r["family"] for r in rows} <= set(BANKS)
+    assert all(r["rating"] is not None for r in rows)  # the toy data rates every interaction
