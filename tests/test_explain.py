@@ -88,6 +88,32 @@ def test_oracle_and_candidates_are_true_and_shuffled_control_is_not(films):
     verdicts = [verifier.verify(t, u, h, i) for t, ((u, h), i) in zip(refs, pairs)]
     assert grounding_metrics(verdicts)["item_grounding_precision"] == 1.0
     assert grounding_metrics(verdicts)["history_grounding_precision"] == 1.0
+    # shuffled control: each pair gets another pair's reference (a rotation, so never its own)
+    shuffled = [verifier.verify(t, u, h, i) for t, ((u, h), i) in zip(refs[1:] + refs[:1], pairs)]
+    control = grounding_metrics(shuffled)
+    assert control["item_grounding_precision"] < 0.6  # one user here, so its history claims may still hold
+    assert sum(not all(c.true for c in v.claims) for v in shuffled) >= len(pairs) // 2
+
+
+def test_verifier_on_ml100k_oracle_is_perfect_and_a_shuffled_control_is_low():
+    from genrec.data import load_split
+
+    cfg = load_config(str(REPO / "recipes/configs/ml100k/smollm2_explain.yaml"), [])
+    split = load_split(cfg)
+    b = EvidenceBuilder(split, cfg.explain)
+    explainer, verifier = Explainer(b), ExplanationVerifier(b)
+    examples = [split.example(u, "test", cfg.data.max_history) for u in split.eval_users[:150]]
+    refs = [explainer.oracle(b.build(ex.user_id, ex.history, ex.target)).text for ex in examples]
+    own = grounding_metrics([verifier.verify(t, ex.user_id, ex.history, ex.target) for t, ex in zip(refs, examples)])
+    assert own["item_grounding_precision"] == 1.0 and own["history_grounding_precision"] == 1.0
+    assert own["hallucinated_title_rate"] == 0.0
+    order = list(range(len(examples)))
+    random.Random(0).shuffle(order)
+    order = [(i + 1) % len(order) if j == i else j for i, j in enumerate(order)]  # nobody keeps their own
+    shuffled = grounding_metrics([verifier.verify(refs[j], ex.user_id, ex.history, ex.target)
+                                  for j, ex in zip(order, examples)])
+    assert shuffled["item_grounding_precision"] < 0.5 and shuffled["history_grounding_precision"] < 0.5
+    assert shuffled["hallucinated_title_rate"] > 0.5
 
 
 def test_every_family_is_reachable_and_oracle_is_stable(films):
