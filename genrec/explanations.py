@@ -140,6 +140,6 @@ class Explainer:
         """The non-personalised baseline: what is true of the item, the same for every user."""
         if not (ev.item_genres and ev.item_year):
             return None
-        slots = {"genre": ev.item_genres[0], "year": ev.item_year, "decade": ev.item_decade}
-        return Explanation("plain", BANKS["plain"][stable_hash(str(ev.item)) % len(BANKS["plain"])].format(**with_articles(slots)),
-                           ev.feature)
+        slots = with_articles({"genre": ev.item_genres[0], "year": ev.item_year, "decade": ev.item_decade})
+        form = BANKS["plain"][stable_hash(str(ev.item)) % len(BANKS["plain"])]
+        return Explanation("plain", form.format(**slots), ev.feature)
