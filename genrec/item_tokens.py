@@ -1,11 +1,13 @@
-"""Atomic item identifiers: one added tokenizer token per catalog item (``<item_123>``).
+"""Added item tokens: atomic identifiers (one token per catalog item, ``<item_123>``) and the code
+tokens of semantic identifiers (``<a_3>``, several per item; genrec.semantic_ids).
 
 The tokens are added to the tokenizer before anything is encoded (``recommender.prepare``), so
 every item is exactly one token id and the trie over them is one level deep. The model's
 embedding matrix (and its output layer, tied or not) grows by one row per item; each new row
 starts as the mean embedding of the item's text tokens (``items.atomic_init=title``), so a new
 token begins near what its title already means to the model instead of at random. Only these
-rows are trained — peft's ``trainable_token_indices`` — never the whole 49k-row matrix.
+rows are trained — peft's ``trainable_token_indices`` — never the whole 49k-row matrix. A semantic
+code token starts as the mean of those title embeddings over the items whose code contains it.
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from genrec.data.catalog import Catalog
 from genrec.errors import ConfigError, DataError
 
 
-def add_item_tokens(tokenizer, catalog: Catalog) -> list[int]:
-    """Add one token per catalog item (idempotent) and return their ids in catalog order."""
+def atomic_names(catalog: Catalog) -> list[str]:
+    return [item.identifier("atomic") for item in catalog.items]
+
+
+def add_item_tokens(tokenizer, names: list[str]) -> list[int]:
+    """Add these tokens (atomic item tokens, or semantic code tokens) to the tokenizer, idempotently, and
+    return their ids in the same order."""
     from tokenizers import AddedToken
 
-    names = [item.identifier("atomic") for item in catalog.items]
     vocab = tokenizer.get_vocab()
     missing = [n for n in names if n not in vocab]
     if missing:
@@ -30,14 +36,16 @@ def add_item_tokens(tokenizer, catalog: Catalog) -> list[int]:
     for name, token_id in zip(names[:3], ids[:3]):
         encoded = tokenizer(name, add_special_tokens=False)["input_ids"]
         if encoded != [token_id]:
-            raise DataError(f"atomic item token {name!r} does not encode to one token (got {encoded}); "
+            raise DataError(f"item token {name!r} does not encode to one token (got {encoded}); "
                             "check items.id_format")
     return ids
 
 
-def grow_embeddings(model, tokenizer, catalog: Catalog, token_ids: list[int], init: str, seed: int = 0) -> None:
-    """Resize the model to the tokenizer and set the item rows: mean of the item's text-token embeddings
-    (``title``) or N(0, std of the existing rows) (``random``)."""
+def grow_embeddings(model, tokenizer, catalog: Catalog, token_ids: list[int], init: str, seed: int = 0,
+                    members: list[list[int]] | None = None) -> None:
+    """Resize the model to the tokenizer and set the new rows: mean of the item's text-token embeddings
+    (``title``) or N(0, std of the existing rows) (``random``). ``members[j]``: the catalog items token j
+    stands for (its row is the mean of theirs); by default token j is item j (atomic ids)."""
     if init not in ("title", "random"):
         raise ConfigError(f"items.atomic_init: expected title or random, got {init!r}")
     old_rows = model.get_input_embeddings().weight.shape[0]
@@ -50,6 +58,8 @@ def grow_embeddings(model, tokenizer, catalog: Catalog, token_ids: list[int], in
         if init == "title":
             texts = tokenizer([item.text for item in catalog.items], add_special_tokens=False)["input_ids"]
             rows = torch.stack([base[torch.tensor(ids)].mean(0) if ids else base.mean(0) for ids in texts])
+            if members is not None:
+                rows = torch.stack([rows[torch.tensor(items)].mean(0) for items in members])
         else:
             gen = torch.Generator().manual_seed(seed)
             rows = torch.randn(len(token_ids), base.shape[1], generator=gen) * base.std()

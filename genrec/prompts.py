@@ -230,9 +230,9 @@ class PromptFormatter:
     def prompt(self, example: Example) -> str:
         body = self.template.render_prompt(example, self.catalog, self.identifier, self.ratings.get(example.user_id))
         if not self.use_chat:
-            # atomic item tokens delimit themselves: the answer follows the history directly, exactly as
-            # every item inside the history follows the one before it (what the sequence objective trains)
-            return body if self.identifier == "atomic" else body + "\n"
+            # added item tokens (atomic, semantic) delimit themselves: the answer follows the history directly,
+            # exactly as            # every item inside the history follows the one before it (what the sequence objective trains)
+            return body if self.identifier in ("atomic", "semantic") else body + "\n"
         messages = []
         system = self.template.render_system()
         if system:

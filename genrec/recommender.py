@@ -25,12 +25,13 @@ from genrec.errors import CheckpointError, ConfigError
 from genrec.evidence import EvidenceBuilder
 from genrec.explaining import explain
 from genrec.explanations import Explainer
-from genrec.item_tokens import add_item_tokens, grow_embeddings
+from genrec.item_tokens import add_item_tokens, atomic_names, grow_embeddings
 from genrec.items import ItemIndex
 from genrec.modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
 from genrec.popularity import smoothed
 from genrec.prompts import PromptFormatter, PromptTemplate
 from genrec.rationale import RationaleBuilder
+from genrec.semantic_ids import CODES_FILE, SemanticCodes, codes_for_run, llm_embeddings
 from genrec.training import TEMPLATE_FILE, read_info
 
 @dataclass
@@ -43,7 +44,9 @@ class Setup:
     encoder: Encoder
     index: ItemIndex
     model_path: Path
-    item_tokens: list[int] | None = None  # items.identifier=atomic: the added token id of each catalog item
+    item_tokens: list[int] | None = None  # atomic: the added token of each catalog item; semantic: every code token
+    token_members: list[list[int]] | None = None  # semantic: the items whose code holds each of item_tokens
+    codes: SemanticCodes | None = None  # semantic: every item's codes (saved with each checkpoint)
 
     def training_examples(self) -> list[Example]:
         """The run's training set (train.objective), with rationales or explanations when the template writes one."""
@@ -76,24 +79,41 @@ class Setup:
         return RationaleBuilder(self.split, self.cfg.reason).attach(examples)
 
     def load_model(self, for_training: bool = False):
-        """The base model, grown by one embedding row per atomic item token when the identifier is atomic."""
+        """The base model, grown by one embedding row per added item token (atomic or semantic ids)."""
         model = load_base_model(self.cfg.model, self.model_path, for_training=for_training)
         if self.item_tokens:
             grow_embeddings(model, self.tokenizer, self.split.catalog, self.item_tokens, self.cfg.items.atomic_init,
-                            self.cfg.run.seed)
+                            self.cfg.run.seed, self.token_members)
         return model
 
+    def checkpoint_files(self) -> dict[str, str]:
+        """Files a checkpoint needs besides the adapter: the item codes of semantic ids."""
+        return {CODES_FILE: self.codes.to_json()} if self.codes is not None else {}
 
-def prepare(cfg: Config, template: PromptTemplate | None = None) -> Setup:
+
+def prepare(cfg: Config, template: PromptTemplate | None = None, checkpoint: Path | None = None) -> Setup:
+    """Everything but the weights. ``checkpoint``: the adapter folder whose item codes to reuse (semantic ids)."""
     split = load_split(cfg)
     template = template or PromptTemplate.load(cfg.prompt.template)
-    template.check(split.catalog, cfg.items.identifier)
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(model_path)
-    item_tokens = add_item_tokens(tokenizer, split.catalog) if cfg.items.identifier == "atomic" else None
+    codes, item_tokens, members = None, None, None
+    if cfg.items.identifier == "semantic":
+        def embed_with_llm(texts):
+            return llm_embeddings(load_base_model(cfg.model, model_path), tokenizer, texts)
+
+        codes = codes_for_run(split.catalog, cfg, checkpoint, embed_with_llm)
+        split.catalog.assign_semantic(codes.strings())
+        names = codes.vocabulary()
+        by_name = codes.members()
+        item_tokens, members = add_item_tokens(tokenizer, names), [by_name[n] for n in names]
+    elif cfg.items.identifier == "atomic":
+        item_tokens = add_item_tokens(tokenizer, atomic_names(split.catalog))
+    template.check(split.catalog, cfg.items.identifier)
     formatter = PromptFormatter(template, tokenizer, split.catalog, cfg.items.identifier, cfg.prompt.chat, split.ratings)
-    encoder = Encoder(formatter, cfg.train.max_length, item_tokens)
-    return Setup(cfg, split, template, tokenizer, formatter, encoder, encoder.item_index(), model_path, item_tokens)
+    encoder = Encoder(formatter, cfg.train.max_length, item_tokens, codes.width if codes else 1)
+    return Setup(cfg, split, template, tokenizer, formatter, encoder, encoder.item_index(), model_path, item_tokens,
+                 members, codes)
 
 
 def resolve_checkpoint(cfg: Config) -> Path | None:
@@ -136,7 +156,7 @@ class Recommender:
     def load(cls, cfg: Config, check=None) -> tuple["Recommender", Path | None]:
         """Base model + adapter named by run.checkpoint; ``check(setup)`` runs before weights load."""
         folder = resolve_checkpoint(cfg)
-        setup = prepare(cfg, checkpoint_template(cfg, folder))
+        setup = prepare(cfg, checkpoint_template(cfg, folder), folder)
         if check is not None:
             check(setup)
         if folder is not None:

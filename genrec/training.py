@@ -162,8 +162,10 @@ class MetricsLog:
 
 
 def write_checkpoint(folder: Path, peft_model, info: dict, config_text: str, template_text: str,
-                     optimizer=None, scheduler=None, trainer_state: dict | None = None) -> Path:
-    """Write an adapter folder atomically: everything goes to a temporary sibling, then one rename."""
+                     optimizer=None, scheduler=None, trainer_state: dict | None = None,
+                     extra_files: dict[str, str] | None = None) -> Path:
+    """Write an adapter folder atomically: everything goes to a temporary sibling, then one rename.
+    ``extra_files``: name → text written beside the adapter (e.g. semantic item codes)."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -174,6 +176,8 @@ def write_checkpoint(folder: Path, peft_model, info: dict, config_text: str, tem
     (tmp / CONFIG_FILE).write_text(config_text)
     (tmp / TEMPLATE_FILE).write_text(template_text)
     (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text, encoding="utf-8")
     if optimizer is not None:
         state = tmp / STATE_DIR
         state.mkdir()

@@ -100,7 +100,8 @@ def main(argv: list[str]) -> None:
     log.info("%d training windows (%s objective), %d users, %d items; mean length %.0f tokens", len(data),
              cfg.train.objective, len(setup.split.sequences), len(setup.split.catalog), sum(lengths) / len(lengths))
     candidates = item_softmax_candidates(cfg, setup, data)
-    weights = training_weights(cfg, setup.split, setup.item_tokens)  # train.target_weighting (None = plain mean)
+    # train.target_weighting (None = plain mean); with atomic ids a label token names its item
+    weights = training_weights(cfg, setup.split, setup.item_tokens if setup.codes is None else None)
     alpha = cfg.train.counterfactual_alpha
     null_history = NullHistory(setup.encoder, cfg.train.objective)
 
@@ -150,7 +151,7 @@ def main(argv: list[str]) -> None:
         if accelerator.is_main_process:
             write_checkpoint(folder, accelerator.unwrap_model(model), {**info, "step": step}, config_text,
                              setup.template.text, optimizer if with_state else None, scheduler,
-                             {"step": step, "total_steps": total, "selection": selection})
+                             {"step": step, "total_steps": total, "selection": selection}, setup.checkpoint_files())
         accelerator.wait_for_everyone()
 
     def validate() -> float:

@@ -18,7 +18,7 @@ from genrec.data import load_split, sequence_windows
 from genrec.data.splits import Example
 from genrec.encoding import IGNORE_INDEX
 from genrec.errors import ConfigError, TemplateError
-from genrec.item_tokens import add_item_tokens, grow_embeddings
+from genrec.item_tokens import add_item_tokens, atomic_names, grow_embeddings
 from genrec.modeling import attach_adapter
 from genrec.recommender import prepare
 from genrec.training import collate, completion_loss
@@ -68,7 +68,7 @@ def atomic_setup(tiny_overrides):
 def test_add_item_tokens_one_distinct_id_per_item_and_idempotent(tiny_model_dir, toy_catalog, tiny_tokenizer):
     tok = fresh_tokenizer(tiny_model_dir)
     before = len(tok)
-    ids = add_item_tokens(tok, toy_catalog)
+    ids = add_item_tokens(tok, atomic_names(toy_catalog))
     assert len(ids) == len(toy_catalog) == 30
     assert len(set(ids)) == len(ids)
     assert sorted(ids) == list(range(before, before + len(ids)))  # brand-new ids, none reused
@@ -82,7 +82,7 @@ def test_add_item_tokens_one_distinct_id_per_item_and_idempotent(tiny_model_dir,
     joined = "".join(item.identifier("atomic") for item in toy_catalog.items[:5])
     assert tok(joined, add_special_tokens=False)["input_ids"] == ids[:5]
     # idempotent: a second call adds nothing and returns the same ids
-    assert add_item_tokens(tok, toy_catalog) == ids
+    assert add_item_tokens(tok, atomic_names(toy_catalog)) == ids
     assert len(tok) == before + len(ids)
     assert len(tiny_tokenizer) == before  # the shared fixture was not touched
 
@@ -93,7 +93,7 @@ def test_grow_embeddings_title_init_is_mean_of_text_token_rows(tiny_model_dir, t
     tok = fresh_tokenizer(tiny_model_dir)
     model = base_model(tiny_model_dir)
     old = model.get_input_embeddings().weight.detach().clone()
-    ids = add_item_tokens(tok, toy_catalog)
+    ids = add_item_tokens(tok, atomic_names(toy_catalog))
     grow_embeddings(model, tok, toy_catalog, ids, "title")
     embed = model.get_input_embeddings().weight.detach()
     assert embed.shape == (old.shape[0] + len(ids), old.shape[1])
@@ -121,7 +121,7 @@ def test_grow_embeddings_untied_head_gets_the_same_rows(tiny_model_dir, toy_cata
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
     old_head = model.get_output_embeddings().weight.detach().clone()
-    ids = add_item_tokens(tok, toy_catalog)
+    ids = add_item_tokens(tok, atomic_names(toy_catalog))
     grow_embeddings(model, tok, toy_catalog, ids, "title")
     embed, head = model.get_input_embeddings().weight.detach(), model.get_output_embeddings().weight.detach()
     assert head.data_ptr() != embed.data_ptr()
@@ -133,7 +133,7 @@ def test_grow_embeddings_random_init_is_seeded(tiny_model_dir, toy_catalog):
     def grown(seed):
         tok = fresh_tokenizer(tiny_model_dir)
         model = base_model(tiny_model_dir)
-        ids = add_item_tokens(tok, toy_catalog)
+        ids = add_item_tokens(tok, atomic_names(toy_catalog))
         grow_embeddings(model, tok, toy_catalog, ids, "random", seed=seed)
         return model.get_input_embeddings().weight.detach(), ids
 

@@ -53,15 +53,18 @@ def test_shipped_templates_exist():
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
-@pytest.mark.parametrize("identifier", ["title", "id", "atomic"])
+@pytest.mark.parametrize("identifier", ["title", "id", "atomic", "semantic"])
 def test_shipped_templates_load_and_check(path, identifier, catalog):
+    if identifier == "semantic":
+        catalog.assign_semantic([f"<a_{i % 2}><b_{i}>" for i in range(len(catalog))])
     t = PromptTemplate.load(path)
     assert t.name == path.stem
     assert t.source == str(path)
     t.check(catalog, identifier)
     item = catalog[2]
     assert t.render_completion(item, identifier) == item.identifier(identifier)
-    if path.name not in ("next_item_atomic.yaml", "reason_then_recommend.yaml", "recommend_then_explain.yaml"):  # prompt.chat=off
+    if path.name not in ("next_item_atomic.yaml", "next_item_semantic.yaml", "reason_then_recommend.yaml",
+                         "recommend_then_explain.yaml"):  # prompt.chat=off
         assert t.render_system()  # every chat template ships a system prompt
     prompt = t.render_prompt(Example("u", (0, 1), 2), catalog, identifier)
     assert not prompt.startswith("\n") and not prompt.endswith("\n")

@@ -2,7 +2,8 @@
 
 Each item has a dense index (0..n-1, used everywhere inside genrec), its original
 id, its fields and three identifier strings: ``text`` (e.g. "Toy Story (1995)"),
-``plain_id`` (e.g. "item_1") and the atomic token ``<item_1>`` (one new tokenizer token per item). Duplicate texts are disambiguated with a " [2]",
+``plain_id`` (e.g. "item_1"), the atomic token ``<item_1>`` (one new tokenizer token per item) and,
+once assigned, the semantic id ``<a_3><b_17><c_0><d_0>`` (genrec.semantic_ids). Duplicate texts are disambiguated with a " [2]",
 " [3]" suffix so that each generated string names exactly one item.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 import difflib
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pandas as pd
 
@@ -25,10 +26,15 @@ class Item:
     text: str
     plain_id: str
     fields: dict = field(default_factory=dict, hash=False, compare=False)
+    semantic: str = field(default="", compare=False)  # its semantic-id code tokens, once assigned
 
     def identifier(self, kind: str) -> str:
         if kind == "title":
             return self.text
+        if kind == "semantic":
+            if not self.semantic:
+                raise DataError(f"item {self.item_id} has no semantic id yet (genrec.semantic_ids assigns them)")
+            return self.semantic
         return atomic_token(self.plain_id) if kind == "atomic" else self.plain_id
 
 
@@ -37,7 +43,7 @@ def atomic_token(plain_id: str) -> str:
     return f"<{plain_id}>"
 
 
-IDENTIFIER_KINDS = ("title", "id", "atomic")
+IDENTIFIER_KINDS = ("title", "id", "atomic", "semantic")
 
 
 def _natural_key(item_id: str):
@@ -52,7 +58,15 @@ class Catalog:
     def __init__(self, items: list[Item]):
         self.items = items
         self.by_id = {it.item_id: it for it in items}
-        self._by_identifier = {kind: {it.identifier(kind): it for it in items} for kind in IDENTIFIER_KINDS}
+        kinds = IDENTIFIER_KINDS if all(it.semantic for it in items) else IDENTIFIER_KINDS[:-1]
+        self._by_identifier = {kind: {it.identifier(kind): it for it in items} for kind in kinds}
+
+    def assign_semantic(self, strings: list[str]) -> None:
+        """Give every item its semantic-id string (catalog order); strings must be distinct."""
+        if len(strings) != len(self.items) or len(set(strings)) != len(strings):
+            raise DataError(f"semantic ids: expected {len(self.items)} distinct strings, got "
+                            f"{len(set(strings))} distinct of {len(strings)}")
+        self.__init__([replace(it, semantic=s) for it, s in zip(self.items, strings)])
 
     def __len__(self) -> int:
         return len(self.items)
@@ -104,7 +118,7 @@ class Catalog:
         """An item by identifier (title or plain id) or original id; a close-match error otherwise."""
         query = " ".join(str(query).split())
         for k in ([kind] if kind else IDENTIFIER_KINDS):
-            if query in self._by_identifier[k]:
+            if query in self._by_identifier.get(k, {}):
                 return self._by_identifier[k][query]
         if query in self.by_id:
             return self.by_id[query]
