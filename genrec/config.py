@@ -88,7 +88,7 @@ class AdapterConfig:
 
 @dataclass
 class TrainConfig:
-    objective: str = "target"  # target: one prompt → next-item completion per window | sequence: loss on every item of a whole-history window (atomic ids)
+    objective: str = "target"  # target: one prompt → next-item completion per window | sequence: loss on every item of a whole-history window (any identifier; titles are tokenized item by item, each ending in the end token)
     item_softmax: bool = True  # atomic ids: cross-entropy over the item tokens only (what constrained decoding ranks), not the whole vocabulary
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs when set
@@ -377,10 +377,7 @@ def validate(cfg: Config) -> None:
     if cfg.data.format != "atomic" and not cfg.data.interactions:
         raise ConfigError(f"config: data.format={cfg.data.format} needs data.interactions (the interactions file)")
     added_tokens = cfg.items.identifier in ("atomic", "semantic")
-    if cfg.train.objective == "sequence" and not added_tokens:
-        raise ConfigError("config: train.objective=sequence needs items.identifier=atomic or semantic: the loss goes on "
-                          "every item of a history, which must be added item tokens")
-    if cfg.train.objective == "sequence" and cfg.items.identifier == "semantic" and \
+    if cfg.train.objective == "sequence" and cfg.items.identifier != "atomic" and \
             cfg.train.target_weighting != "none":
         raise ConfigError("config: train.target_weighting weighs each item's token, which needs one token per item: "
                           "use items.identifier=atomic, or train.objective=target")

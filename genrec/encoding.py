@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from genrec.items import ItemIndex
 from genrec.prompts import PromptFormatter
 
 IGNORE_INDEX = -100
+MARK = "\u2063"  # invisible separator around a history item's position while the prompt is segmented
 
 
 def end_token_id(tokenizer, use_chat: bool) -> int:
@@ -42,7 +44,7 @@ def end_token_id(tokenizer, use_chat: bool) -> int:
 
 class Encoder:
     def __init__(self, formatter: PromptFormatter, max_length: int = 1024, item_tokens: list[int] | None = None,
-                 tokens_per_item: int = 1):
+                 tokens_per_item: int = 1, segmented: bool = False):
         self.formatter = formatter
         self.tokenizer = formatter.tokenizer
         self.max_length = max_length
@@ -51,11 +53,36 @@ class Encoder:
         # completion has the same length, so no end token is needed for it to be unambiguous
         self.item_tokens = frozenset(item_tokens or ())
         self.tokens_per_item = tokens_per_item
+        # titles (or plain ids) under the sequence objective: each history item is tokenized on its own as its
+        # completion (text + end token), exactly the ids the trie decodes, never merged with its neighbours
+        self.segmented = segmented
         self._newline: torch.Tensor | None = None
 
     def prompt_ids(self, example: Example) -> list[int]:
+        if self.segmented:
+            return self.segmented_prompt(example)[0]
         text = self.formatter.prompt(example)
         return self.tokenizer(text, add_special_tokens=not self.formatter.use_chat)["input_ids"]
+
+    def segmented_prompt(self, example: Example) -> tuple[list[int], list[tuple[int, int]]]:
+        """Prompt ids with every history item as its own completion ids, and each item's (start, end) span."""
+        markers = [f"{MARK}{i}{MARK}" for i in range(len(example.history))]
+        pieces = re.split(f"{MARK}(\\d+){MARK}", self.formatter.prompt(example, history=markers))
+        shown = [int(p) for p in pieces[1::2]]
+        if shown != list(range(len(example.history))):
+            raise TemplateError(f"{self.formatter.template.source}: the sequence objective needs the prompt to show "
+                                "each history item once, oldest first ({{ history }})")
+        ids, spans = [], []
+        for n, piece in enumerate(pieces):
+            if n % 2 == 0:
+                if piece:
+                    ids += self.tokenizer(piece, add_special_tokens=n == 0 and not self.formatter.use_chat)["input_ids"]
+                continue
+            item = self.formatter.catalog[example.history[int(piece)]]
+            item_ids = self.completion_ids(self.formatter.template.render_completion(item, self.formatter.identifier))
+            spans.append((len(ids), len(ids) + len(item_ids)))
+            ids += item_ids
+        return ids, spans
 
     def completion_ids(self, completion: str) -> list[int]:
         ids = self.tokenizer(completion, add_special_tokens=False)["input_ids"]
@@ -81,11 +108,26 @@ class Encoder:
         if rendered.explanation is not None:
             completion = completion + self.rationale_ids(rendered.explanation)  # the item, then why
         overflow = len(prompt) + len(completion) - self.max_length
+        if example.sequence_from is not None and self.segmented:
+            return self._segment_labels(example, completion)
         if example.sequence_from is not None:
             return self._sequence_labels(example, prompt + completion, overflow)
         if overflow > 0:
             prompt = prompt[overflow:]  # keep the most recent history and the question
         return {"input_ids": prompt + completion, "labels": [IGNORE_INDEX] * len(prompt) + completion}
+
+    def _segment_labels(self, example: Example, completion: list[int]) -> dict:
+        """Sequence objective over segmented items: labels on every item span from ``sequence_from`` on."""
+        prompt, spans = self.segmented_prompt(example)
+        ids = prompt + completion
+        if len(ids) > self.max_length:
+            raise ConfigError(f"a {len(example.sequence)}-item sequence window renders to {len(ids)} tokens, more than "
+                              f"train.max_length={self.max_length}; raise it or lower data.max_history")
+        spans.append((len(prompt), len(ids)))
+        labels = [IGNORE_INDEX] * len(ids)
+        for start, end in spans[example.sequence_from:]:
+            labels[start:end] = ids[start:end]
+        return {"input_ids": ids, "labels": labels}
 
     def _sequence_labels(self, example: Example, ids: list[int], overflow: int) -> dict:
         """Sequence objective: a label on every item token from ``example.sequence_from`` on, each predicted
@@ -125,6 +167,7 @@ class Encoder:
             "max_length": self.max_length,
             "end": self.end_id,
             "item_tokens": len(self.item_tokens),
+            "segmented": self.segmented,
             "item_ids": hashlib.sha256("".join(it.identifier(self.formatter.identifier)
                                                for it in self.formatter.catalog.items).encode()).hexdigest()[:16],
         }

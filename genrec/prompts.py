@@ -132,20 +132,23 @@ class PromptTemplate:
         except jinja2.TemplateError as e:
             raise TemplateError(f"{self.source}: in '{key}': {e}") from None
 
-    def variables(self, example: Example, catalog: Catalog, identifier: str, ratings: dict | None = None) -> dict:
+    def variables(self, example: Example, catalog: Catalog, identifier: str, ratings: dict | None = None,
+                  history: list[str] | None = None) -> dict:
+        """``history``: strings to show instead of the history items' identifiers (the encoder's markers)."""
         history_items = [catalog[i] for i in example.history]
         target_item = catalog[example.target] if example.target is not None else None
         return {
             "user_id": example.user_id,
-            "history": [it.identifier(identifier) for it in history_items],
+            "history": history if history is not None else [it.identifier(identifier) for it in history_items],
             "history_items": history_items,
             "history_ratings": [(ratings or {}).get(i) for i in example.history],
             "target": target_item.identifier(identifier) if target_item else None,
             "target_item": target_item,
         }
 
-    def render_prompt(self, example: Example, catalog: Catalog, identifier: str, ratings: dict | None = None) -> str:
-        return self._render("prompt", self.variables(example, catalog, identifier, ratings)).strip("\n")
+    def render_prompt(self, example: Example, catalog: Catalog, identifier: str, ratings: dict | None = None,
+                      history: list[str] | None = None) -> str:
+        return self._render("prompt", self.variables(example, catalog, identifier, ratings, history)).strip("\n")
 
     def render_completion(self, item: Item, identifier: str, user_id: str = "") -> str:
         variables = {"user_id": user_id, "history": [], "history_items": [], "history_ratings": [],
@@ -219,20 +222,24 @@ class PromptFormatter:
     """Template + tokenizer: the exact text the model reads, chat-wrapped when asked."""
 
     def __init__(self, template: PromptTemplate, tokenizer, catalog: Catalog, identifier: str, chat: str = "auto",
-                 ratings: dict[str, dict[int, float]] | None = None):
+                 ratings: dict[str, dict[int, float]] | None = None, items_delimit: bool | None = None):
         self.template, self.tokenizer, self.catalog, self.identifier = template, tokenizer, catalog, identifier
         self.ratings = ratings or {}  # user -> item -> rating: the templates' history_ratings
+        # items end themselves (added item tokens; titles ending in the end token under the sequence objective):
+        # the answer follows the history directly, with no newline between
+        self.items_delimit = identifier in ("atomic", "semantic") if items_delimit is None else items_delimit
         has_chat = bool(getattr(tokenizer, "chat_template", None))
         if chat == "on" and not has_chat:
             raise TemplateError("prompt.chat=on but the tokenizer has no chat template; use prompt.chat=auto or off")
         self.use_chat = has_chat and chat != "off"
 
-    def prompt(self, example: Example) -> str:
-        body = self.template.render_prompt(example, self.catalog, self.identifier, self.ratings.get(example.user_id))
+    def prompt(self, example: Example, history: list[str] | None = None) -> str:
+        body = self.template.render_prompt(example, self.catalog, self.identifier, self.ratings.get(example.user_id),
+                                           history)
         if not self.use_chat:
-            # added item tokens (atomic, semantic) delimit themselves: the answer follows the history directly,
-            # exactly as            # every item inside the history follows the one before it (what the sequence objective trains)
-            return body if self.identifier in ("atomic", "semantic") else body + "\n"
+            # self-delimiting items: the answer follows the history directly, exactly as every item inside
+            # the history follows the one before it (what the sequence objective trains)
+            return body if self.items_delimit else body + "\n"
         messages = []
         system = self.template.render_system()
         if system:

@@ -110,8 +110,11 @@ def prepare(cfg: Config, template: PromptTemplate | None = None, checkpoint: Pat
     elif cfg.items.identifier == "atomic":
         item_tokens = add_item_tokens(tokenizer, atomic_names(split.catalog))
     template.check(split.catalog, cfg.items.identifier)
-    formatter = PromptFormatter(template, tokenizer, split.catalog, cfg.items.identifier, cfg.prompt.chat, split.ratings)
-    encoder = Encoder(formatter, cfg.train.max_length, item_tokens, codes.width if codes else 1)
+    # titles (or plain ids) under the sequence objective: each history item is its own completion ids
+    segmented = cfg.train.objective == "sequence" and item_tokens is None
+    formatter = PromptFormatter(template, tokenizer, split.catalog, cfg.items.identifier, cfg.prompt.chat, split.ratings,
+                                items_delimit=True if segmented else None)
+    encoder = Encoder(formatter, cfg.train.max_length, item_tokens, codes.width if codes else 1, segmented)
     return Setup(cfg, split, template, tokenizer, formatter, encoder, encoder.item_index(), model_path, item_tokens,
                  members, codes)
 

@@ -259,10 +259,11 @@ def test_template_that_does_not_show_each_item_once_is_rejected(tiny_overrides, 
 
 
 @pytest.mark.parametrize("identifier", ["title", "id"])
-def test_sequence_objective_needs_atomic_ids(toy_data_dir, identifier):
-    with pytest.raises(ConfigError, match="items.identifier=atomic"):
-        load_config(None, [f"data.path={toy_data_dir}", "data.dataset=toy", "train.objective=sequence",
-                           f"items.identifier={identifier}"])
+def test_sequence_objective_weighting_needs_atomic_ids(toy_data_dir, identifier):
+    base = [f"data.path={toy_data_dir}", "data.dataset=toy", "train.objective=sequence", f"items.identifier={identifier}"]
+    assert load_config(None, base).train.objective == "sequence"  # titles and plain ids train item by item
+    with pytest.raises(ConfigError, match="target_weighting"):
+        load_config(None, base + ["train.target_weighting=inverse_popularity"])
 
 
 def test_atomic_config_validation(toy_data_dir):
