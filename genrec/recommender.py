@@ -102,7 +102,7 @@ def prepare(cfg: Config, template: PromptTemplate | None = None, checkpoint: Pat
         def embed_with_llm(texts):
             return llm_embeddings(load_base_model(cfg.model, model_path), tokenizer, texts)
 
-        codes = codes_for_run(split.catalog, cfg, checkpoint, embed_with_llm)
+        codes = codes_for_run(split, cfg, checkpoint, embed_with_llm)
         split.catalog.assign_semantic(codes.strings())
         names = codes.vocabulary()
         by_name = codes.members()

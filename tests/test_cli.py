@@ -48,6 +48,21 @@ def test_render_marks_every_item_after_the_first_under_the_sequence_objective(ti
     assert len(marked) == 1 and marked[0].count("<item_") == body.count("<item_") - 1  # all the others: loss
 
 
+def test_render_marks_every_code_of_every_item_after_the_first_with_semantic_ids(tiny_overrides, capsys):
+    config = str(REPO / "recipes" / "configs" / "ml100k" / "smollm2_semantic.yaml")
+    overrides = [o for o in tiny_overrides if not o.startswith(("prompt.template=", "data.max_history="))]
+    assert main(["prompts", "render", "--config", config, "--n", "1", *overrides, "data.max_history=5",
+                 "items.semantic_source=llm", "items.semantic_text=null", "items.semantic_codebook=4",
+                 "items.semantic_levels=2", f"prompt.template={REPO / 'prompts' / 'next_item_semantic.yaml'}"]) == 0
+    out = capsys.readouterr().out
+    body = out.split("=====\n", 1)[1].split("\nloss on:", 1)[0]
+    marked = [piece.split("\u00ab", 1)[0] for piece in body.split("\u00bb")[1:]]
+    assert body.startswith("Movies this user watched, oldest first:<a_")
+    items = body.count("<a_")
+    assert items >= 2 and body.count("<b_") == body.count("<c_") == items  # 2 levels + the collision rank
+    assert len(marked) == 1 and marked[0].count("<a_") == items - 1 and marked[0].count("<c_") == items - 1
+
+
 def test_data_summary(tiny_overrides, capsys):
     config = str(REPO / "recipes" / "configs" / "ml100k" / "smollm2_lora.yaml")
     assert main(["data", "--config", config, *tiny_overrides]) == 0

@@ -158,19 +158,20 @@ def test_semantic_config_validation(toy_data_dir):
 
 def test_codes_are_reused_for_the_same_settings_and_rebuilt_for_new_ones(tiny_overrides):
     cfg = load_config(None, semantic(tiny_overrides))
-    catalog = load_split(cfg).catalog
+    split = load_split(cfg)
+    catalog = split.catalog
     calls = []
 
     def embed(texts):
         calls.append(len(texts))
         return torch.nn.functional.normalize(torch.randn(len(texts), 8, generator=torch.Generator().manual_seed(0)), dim=-1)
 
-    first = codes_for_run(catalog, cfg, None, embed)
+    first = codes_for_run(split, cfg, None, embed)
     assert (Path(cfg.run.output_dir) / CODES_FILE).is_file() and calls == [30]
-    again = codes_for_run(catalog, cfg, None, embed)
+    again = codes_for_run(split, cfg, None, embed)
     assert again.codes == first.codes and calls == [30]  # read back, not rebuilt
     other = load_config(None, semantic(tiny_overrides, "items.semantic_codebook=3"))
-    rebuilt = codes_for_run(catalog, other, None, embed)
+    rebuilt = codes_for_run(split, other, None, embed)
     assert calls == [30, 30] and max(c[0] for c in rebuilt.codes) == 2
     loaded = SemanticCodes.load(Path(cfg.run.output_dir) / CODES_FILE)
     assert loaded.codes == rebuilt.codes and loaded.item_ids == [it.item_id for it in catalog.items]
@@ -233,3 +234,45 @@ def test_inference_uses_the_checkpoint_codes_and_refuses_a_changed_catalog(seman
     moved = load_config(None, overrides + [f"data.path={changed}"])
     with pytest.raises(CheckpointError, match=r"catalog changed.*coded item\(s\) no longer in the catalog"):
         Recommender.load(moved)
+
+
+def test_semantic_text_formats_item_fields_and_names_a_missing_one(toy_data_dir):
+    from genrec.semantic_ids import embedded_texts
+
+    catalog = load_split(load_config(None, [f"data.path={toy_data_dir}", "data.dataset=toy"])).catalog
+    texts = embedded_texts(catalog, "{movie_title}; genres: {class}")
+    assert texts[0] == f"{catalog[0].fields['movie_title']}; genres: Drama"
+    assert embedded_texts(catalog, None) == [it.text for it in catalog.items]
+    with pytest.raises(ConfigError, match=r"items.semantic_text.*'genre'.*fields: class, item_id"):
+        embedded_texts(catalog, "{genre}")
+
+
+def test_identifier_benchmark_kinds_are_valid_configs():
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from identifiers import BASE, KINDS
+
+    for kind, overrides in KINDS.items():
+        cfg = load_config(str(REPO / BASE), [f"prompt.template={REPO}/" + o.split("=", 1)[1] if o.startswith("prompt.template=")
+                                             else o for o in overrides])
+        assert cfg.items.identifier == ("semantic" if kind == "collaborative" else kind)
+        assert cfg.train.objective == "sequence"
+        assert cfg.train.batch_size * cfg.train.grad_accum == 16  # the same updates for every kind
+
+
+def test_collaborative_embeddings_come_from_training_interactions_only():
+    from genrec.data.catalog import Catalog, Item
+    from genrec.data.splits import Split
+    from genrec.semantic_ids import collaborative_embeddings
+
+    catalog = Catalog([Item(i, str(i), f"t{i}", f"item_{i}") for i in range(6)])
+    # items 0,1 always watched together, 2,3 together; 4 only ever a held-out item; 5 never
+    seqs = {"a": [0, 1, 2, 4], "b": [1, 0, 5, 3], "c": [2, 3, 0, 1, 4, 5], "d": [3, 2, 1, 4]}
+    x = collaborative_embeddings(Split(catalog, {u: list(s) for u, s in seqs.items()}), dim=4)
+    assert x.shape == (6, 4)
+    assert float(x[0] @ x[1]) > 0.99 and float(x[2] @ x[3]) > 0.99
+    assert float(x[0] @ x[2]) < float(x[0] @ x[1]) - 0.1
+    # a user's last two items are validation and test: moving them changes nothing
+    moved = {u: s[:-2] + [5, 4] if u == "d" else s for u, s in seqs.items()}
+    assert torch.allclose(x, collaborative_embeddings(Split(catalog, moved), dim=4), atol=1e-6)
