@@ -11,7 +11,9 @@ is a target once per epoch) for the same number of epochs; only what an item is 
 - ``title``: its title, tokenized on its own and ended by the end token (prompts/next_item_title_sequence.yaml);
 - ``atomic``: one new token per item, initialised from its title (prompts/next_item_atomic.yaml);
 - ``semantic``: 3 residual k-means codes of the MiniLM embedding of title + genres, plus a collision
-  rank (prompts/next_item_semantic.yaml, items.* as in smollm2_semantic.yaml);
+  rank (prompts/next_item_semantic.yaml, items.* as in smollm2_semantic.yaml); each code position's
+  softmax runs over the codes of its level, and decoding renormalises each step over the trie node's
+  children (decode.trie_normalize=true);
 - ``collaborative``: the same codes made from the items' training interactions (SVD item factors of
   the user × item matrix) instead of their text.
 
@@ -43,10 +45,11 @@ KINDS = {
     "atomic": [],
     "semantic": ["items.identifier=semantic", "prompt.template=prompts/next_item_semantic.yaml",
                  "items.semantic_source=minilm", "items.semantic_text={movie_title} ({release_year}); genres: {class}",
-                 "items.semantic_levels=3", "items.semantic_codebook=32"],
+                 "items.semantic_levels=3", "items.semantic_codebook=32", "decode.trie_normalize=true"],
     # semantic ids from the training interactions instead of the text (OpenP5's collaborative indexing in spirit)
     "collaborative": ["items.identifier=semantic", "prompt.template=prompts/next_item_semantic.yaml",
-                      "items.semantic_source=collaborative", "items.semantic_levels=3", "items.semantic_codebook=32"],
+                      "items.semantic_source=collaborative", "items.semantic_levels=3", "items.semantic_codebook=32",
+                      "decode.trie_normalize=true"],
 }
 
 

@@ -124,6 +124,7 @@ class DecodeConfig:
     exclude_seen: bool = True  # never recommend items in the user's history (DESIGN §5)
     popularity_gamma: float = 0.0  # add gamma * log(training count + 1) of each item to its score, inside the trie (0 = off)
     contrastive_lambda: float = 0.0  # subtract lambda * log p(item | null history) from each item's score, inside the trie (0 = off)
+    trie_normalize: bool = False  # renormalise each step over the trie node's children: score = log p(item | output is a catalog item)
 
 
 @dataclass
@@ -382,6 +383,9 @@ def validate(cfg: Config) -> None:
             cfg.train.target_weighting != "none":
         raise ConfigError("config: train.target_weighting weighs each item's token, which needs one token per item: "
                           "use items.identifier=atomic, or train.objective=target")
+    if cfg.items.identifier == "semantic" and cfg.train.counterfactual_alpha:
+        raise ConfigError("config: train.counterfactual_alpha compares whole-item logits, which semantic ids split "
+                          "over several codes; use items.identifier=atomic")
     for key, val in (("items.semantic_levels", cfg.items.semantic_levels),
                      ("items.semantic_codebook", cfg.items.semantic_codebook)):
         if not 1 <= val <= (25 if key == "items.semantic_levels" else 100_000):

@@ -61,6 +61,14 @@ class NextTokenLogProbs:
             return torch.log_softmax(logits, dim=-1), out.past_key_values
 
 
+def _segment_logsumexp(values: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
+    """[n]: logsumexp of ``values`` within each segment id (0..n-1)."""
+    peak = torch.full((n,), NEG_INF, device=values.device, dtype=values.dtype)
+    peak = peak.scatter_reduce(0, segment, values, "amax")
+    total = torch.zeros(n, device=values.device, dtype=values.dtype).index_add_(0, segment, (values - peak[segment]).exp())
+    return peak + total.log()
+
+
 def topn_per_group(group: torch.Tensor, score: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices of the ``n`` best scores within each group, and their rank (0 = best) in the group."""
     if group.numel() == 0:
@@ -112,6 +120,7 @@ def constrained_topk(
     pad_id: int = 0,
     shared_prefix: bool | None = None,
     node_prior: torch.Tensor | None = None,
+    trie_normalize: bool = False,
 ) -> list[list[tuple[int, float]]]:
     """Top-``k`` catalog items per prompt, best first, as (catalog index, score).
 
@@ -122,6 +131,10 @@ def constrained_topk(
     ``node_prior`` ([nodes], e.g. gamma * ``ItemIndex.log_mass``): each step from node to child adds
     ``node_prior[child] - node_prior[node]``, so an item's score gains ``prior[leaf] - prior[root]``
     (an intervention applied inside the search, where it can change which beams survive).
+    ``trie_normalize``: each step's log-probability is renormalised over the node's children (the
+    catalog's continuations), so an item scores log p(item | the output is a catalog item); with
+    several codes per item (semantic ids) the mass a node leaks to tokens that continue no item would
+    otherwise weigh on every path through it.
     """
     num_beams = max(num_beams, k)
     device = next(model.parameters()).device
@@ -153,12 +166,15 @@ def constrained_topk(
 
     for _ in range(index.max_depth):
         rows, edges = _expand(ptr, row_node)
+        step = logp[rows, edge_token[edges]]
+        if trie_normalize:
+            step = step - _segment_logsumexp(step, rows, row_node.numel())[rows]
         child = edge_child[edges]
         user = row_user[rows]
         ok = remaining[user, child] > 0  # the branch still holds an item this user may get
-        rows, edges, child, user = rows[ok], edges[ok], child[ok], user[ok]
+        rows, edges, child, user, step = rows[ok], edges[ok], child[ok], user[ok], step[ok]
         tokens = edge_token[edges]
-        score = row_score[rows] + logp[rows, tokens]
+        score = row_score[rows] + step
         if prior is not None:
             score = score + prior[child] - prior[row_node[rows]]
         length = row_len[rows] + 1

@@ -220,7 +220,7 @@ class Recommender:
                 self.model, batch, setup.index, k=k,
                 num_beams=max(dcfg.num_beams, k), excluded=excluded[lo: lo + dcfg.batch_users],
                 length_penalty=dcfg.length_penalty, pad_id=setup.tokenizer.pad_token_id,
-                node_prior=self.node_prior(),
+                node_prior=self.node_prior(), trie_normalize=dcfg.trie_normalize,
             )
             bar.update(len(batch))
         bar.close()

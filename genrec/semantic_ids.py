@@ -58,8 +58,12 @@ class SemanticCodes:
 
     def vocabulary(self) -> list[str]:
         """Every code token any item uses, level by level."""
+        return [name for name, _ in self.vocabulary_levels()]
+
+    def vocabulary_levels(self) -> list[tuple[str, int]]:
+        """(code token, its level) for every code token any item uses."""
         used = sorted({(level, c) for code in self.codes for level, c in enumerate(code)})
-        return [f"<{LEVEL_NAMES[level]}_{c}>" for level, c in used]
+        return [(f"<{LEVEL_NAMES[level]}_{c}>", level) for level, c in used]
 
     def members(self) -> dict[str, list[int]]:
         """Code token → the catalog indices whose code contains it (initialises its embedding row)."""

@@ -75,20 +75,28 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
-def label_logits(model, batch: dict[str, torch.Tensor], candidates: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fp32 logits [positions, vocab or candidates], target index per position) at the label positions."""
+def label_logits(model, batch: dict[str, torch.Tensor], candidates: torch.Tensor | None = None,
+                 groups: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fp32 logits [positions, vocab or candidates], target index per position) at the label positions.
+
+    ``groups`` (one per candidate, e.g. the code level of a semantic-id token): each position's softmax
+    runs over the candidates of its target's group only."""
     keep = batch["loss_positions"]
     targets = batch["labels"][:, 1:][keep[:, :-1]]
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
     if candidates is None:
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
         return logits.float().reshape(-1, logits.shape[-1]), targets
-    return candidate_logits(model, inputs, keep, candidates).float(), torch.searchsorted(candidates, targets)
+    logits, index = candidate_logits(model, inputs, keep, candidates).float(), torch.searchsorted(candidates, targets)
+    if groups is not None:
+        groups = groups.to(logits.device)
+        logits = logits.masked_fill(groups[None, :] != groups[index][:, None], float("-inf"))
+    return logits, index
 
 
 def completion_loss(model, batch: dict[str, torch.Tensor], candidates: torch.Tensor | None = None,
-                    null_batch: dict[str, torch.Tensor] | None = None, alpha: float = 0.0) -> torch.Tensor:
+                    null_batch: dict[str, torch.Tensor] | None = None, alpha: float = 0.0,
+                    groups: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over completion tokens, computing logits only where a label exists.
 
     ``candidates`` (sorted token ids): the softmax runs over these tokens only — the atomic item tokens,
@@ -97,7 +105,7 @@ def completion_loss(model, batch: dict[str, torch.Tensor], candidates: torch.Ten
     mean (the weights are scaled to mean 1 over the data, not per batch). With ``alpha`` > 0 the
     counterfactual term ``alpha * CE(logits - null logits)`` is added, the null logits coming from
     ``null_batch`` (``genrec.counterfactual.NullHistory``: one row per row, or one row for all)."""
-    logits, targets = label_logits(model, batch, candidates)
+    logits, targets = label_logits(model, batch, candidates, groups)
     weights = batch["loss_weights"][:, 1:][batch["loss_positions"][:, :-1]] if "loss_weights" in batch else None
     loss = _cross_entropy(logits, targets, weights)
     if alpha:
@@ -126,8 +134,8 @@ def candidate_logits(model, inputs: dict, keep: torch.Tensor, candidates: torch.
 
 
 def training_loss(model, batch: dict[str, torch.Tensor], autocast, mixed: bool,
-                  candidates: torch.Tensor | None = None, null_batch: dict | None = None, alpha: float = 0.0
-                  ) -> torch.Tensor:
+                  candidates: torch.Tensor | None = None, null_batch: dict | None = None, alpha: float = 0.0,
+                  groups: torch.Tensor | None = None) -> torch.Tensor:
     """``completion_loss`` under the run's mixed precision (``autocast``: a context manager).
 
     With ``mixed`` the adapter layers compute in the autocast dtype too: by default peft casts each
@@ -138,7 +146,7 @@ def training_loss(model, batch: dict[str, torch.Tensor], autocast, mixed: bool,
     from peft.helpers import disable_input_dtype_casting
 
     with autocast, disable_input_dtype_casting(model, active=mixed):
-        return completion_loss(model, batch, candidates, null_batch, alpha)
+        return completion_loss(model, batch, candidates, null_batch, alpha, groups)
 
 
 def peak_rss_mb() -> float:

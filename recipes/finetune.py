@@ -61,6 +61,15 @@ def item_softmax_candidates(cfg, setup, data) -> torch.Tensor | None:
     return candidates
 
 
+def candidate_levels(setup, candidates: torch.Tensor | None) -> torch.Tensor | None:
+    """Semantic ids: the code level of each candidate token, so that each position's softmax runs over the
+    codes of its own level (a first code competes with first codes only, as in decoding)."""
+    if candidates is None or setup.codes is None:
+        return None
+    level = {setup.tokenizer.convert_tokens_to_ids(name): lvl for name, lvl in setup.codes.vocabulary_levels()}
+    return torch.tensor([level[int(t)] for t in candidates])
+
+
 def parameter_groups(model, cfg) -> list[dict]:
     """Adapter weights at train.lr; new item-token rows at train.embedding_lr when set."""
     tokens = [p for n, p in model.named_parameters() if p.requires_grad and "trainable_tokens" in n]
@@ -100,6 +109,7 @@ def main(argv: list[str]) -> None:
     log.info("%d training windows (%s objective), %d users, %d items; mean length %.0f tokens", len(data),
              cfg.train.objective, len(setup.split.sequences), len(setup.split.catalog), sum(lengths) / len(lengths))
     candidates = item_softmax_candidates(cfg, setup, data)
+    levels = candidate_levels(setup, candidates)
     # train.target_weighting (None = plain mean); with atomic ids a label token names its item
     weights = training_weights(cfg, setup.split, setup.item_tokens if setup.codes is None else None)
     alpha = cfg.train.counterfactual_alpha
@@ -194,7 +204,7 @@ def main(argv: list[str]) -> None:
             last = micro == cfg.train.grad_accum - 1
             with accelerator.no_sync(model) if not last else contextlib.nullcontext():
                 loss = training_loss(model, batch, accelerator.autocast(), mixed, candidates, null_batch,
-                                     alpha) / cfg.train.grad_accum
+                                     alpha, levels) / cfg.train.grad_accum
                 accelerator.backward(loss)
             window_loss += loss.item()
             window_tokens += int(batch["attention_mask"].sum())

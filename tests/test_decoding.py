@@ -188,3 +188,32 @@ def test_output_layer_runs_in_fp32_under_a_bf16_body(tiny_model_dir):
     err_fp32 = (fp32_head[0, top] - exact[0, top]).abs().mean()
     err_bf16 = (bf16_head[0, top] - exact[0, top]).abs().mean()
     assert err_fp32 < err_bf16 / 2, (err_fp32, err_bf16)
+
+
+def test_trie_normalized_scores_are_log_probabilities_over_the_catalog(tiny):
+    """decode.trie_normalize: each step renormalised over the node's children, so the scores of all items
+    are a distribution over the catalog (they sum to 1), and equal the per-step renormalised reference."""
+    setup, model, prompts, _ = tiny
+    index = setup.index
+    prompt = prompts[0]
+    n = index.num_items
+    got = constrained_topk(model, [prompt], index, k=n, num_beams=n, pad_id=setup.tokenizer.pad_token_id,
+                           trie_normalize=True)[0]
+    assert len(got) == n
+    total = torch.logsumexp(torch.tensor([s for _, s in got]), 0)
+    assert float(total) == pytest.approx(0.0, abs=1e-4)
+    # reference: walk each item's path, renormalising the full-vocabulary log-probs over the allowed tokens
+    device_prompt = torch.tensor([prompt])
+    with torch.no_grad():
+        for item, score in got[:5]:
+            seq = index.sequences[item]
+            ids = torch.cat([device_prompt, torch.tensor([seq[:-1]])], 1) if len(seq) > 1 else device_prompt
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, -len(seq):].float(), -1)
+            ref = 0.0
+            for step, tok in enumerate(seq):
+                allowed = index.allowed_tokens(seq[:step])
+                ref += float(logp[step, tok] - torch.logsumexp(logp[step, allowed], 0))
+            assert score == pytest.approx(ref, abs=1e-3)
+    # and differs from the plain full-vocabulary scores (the tiny model leaks mass off the trie)
+    plain = dict(constrained_topk(model, [prompt], index, k=5, num_beams=n, pad_id=setup.tokenizer.pad_token_id)[0])
+    assert all(plain[i] < dict(got)[i] for i in plain)
