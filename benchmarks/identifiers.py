@@ -39,9 +39,9 @@ from quality import recipe, trained  # noqa: E402  (the same train-or-load helpe
 BASE = "recipes/configs/ml100k/smollm2_atomic.yaml"
 KINDS = {
     "title": ["items.identifier=title", "prompt.template=prompts/next_item_title_sequence.yaml",
-              # ~10 tokens per title: half the rows per step, two steps per update (the same batch of 16),
+              # ~10 tokens per title: a quarter of the rows per step, four steps per update (the same batch of 16),
               # so the full-vocabulary logits of 1,000-token windows fit in memory
-              "train.max_length=2048", "train.batch_size=8", "train.grad_accum=2", "decode.batch_users=16"],
+              "train.max_length=2048", "train.batch_size=4", "train.grad_accum=4", "decode.batch_users=16"],
     "atomic": [],
     "semantic": ["items.identifier=semantic", "prompt.template=prompts/next_item_semantic.yaml",
                  "items.semantic_source=minilm", "items.semantic_text={movie_title} ({release_year}); genres: {class}",
