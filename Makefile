@@ -14,7 +14,7 @@ install: $(STAMP)
 
 # torch first, pinned to the CPU build on this machine's disk; a GPU user installs their CUDA
 # torch into .venv before `make install` and pip keeps it (the range in pyproject admits it).
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
