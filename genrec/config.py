@@ -46,6 +46,9 @@ class DataConfig:
     train_windows_per_user: int | None = None  # keep only each user's most recent windows (null = all)
     sequence_stride: int | None = None  # train.objective=sequence: windows of max_history+1 items step back this far (null = max_history)
     cache_dir: str | None = None  # tokenized-data cache (null = <output_dir>/cache)
+    time_cut: str | None = None  # a date (1998-01-01, UTC) or unix seconds splitting older from newer interactions (incremental updates)
+    train_period: str = "all"  # all | before | after: train on targets before/after data.time_cut (older items stay as context)
+    like_threshold: float = 3.0  # pointwise templates: an interaction rated above this is a "yes"
 
 
 @dataclass
@@ -114,6 +117,15 @@ class TrainConfig:
     save_every: int = 0  # checkpoint every N optimizer steps (0 = only at the end)
     keep_checkpoints: int = 2
     halt_after_steps: int | None = None  # stop early as if interrupted (for time-boxed runs and resume tests)
+    init_adapter: str | None = None  # start from this adapter folder's weights (incremental update; the reference of train.loss=softmax_dpo)
+    examples: int | None = None  # train on a seeded sample of this many training examples (few-shot; null = all)
+    loss: str = "ce"  # ce: cross-entropy on the completion | softmax_dpo: one positive vs train.negatives sampled items against the train.init_adapter reference (atomic ids)
+    negatives: int = 16  # softmax_dpo: sampled negative items per target (uniform over items not in the training window)
+    dpo_beta: float = 1.0  # softmax_dpo: inverse temperature of the log-ratio margins
+    ce_weight: float = 0.0  # softmax_dpo: add this times the item cross-entropy (keeps the likelihood of the positive up)
+    mix_masked_item: float = 0.0  # multitask: masked-item examples per training interaction (the template's tasks.masked_item prompt)
+    mix_item_from_text: float = 0.0  # multitask: text → item examples per catalog item (the template's tasks.item_from_text prompt)
+    mask_window: int = 20  # multitask: items shown around a hidden one in a masked-item example
 
 
 @dataclass
@@ -134,6 +146,7 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
     baselines: list[str] = field(default_factory=lambda: ["popularity"])
     ips_clip: float = 100.0  # popularity-bias metrics: inverse-propensity weights are capped at this value
+    period: str = "all"  # all | after: evaluate only users whose evaluated interaction is at/after data.time_cut (the newer period)
 
 
 @dataclass
@@ -226,6 +239,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.scheduler": ("cosine", "linear", "constant"),
     "train.objective": ("target", "sequence"),
     "train.target_weighting": ("none", "inverse_popularity"),
+    "train.loss": ("ce", "softmax_dpo"),
+    "data.train_period": ("all", "before", "after"),
+    "eval.period": ("all", "after"),
     "eval.split": ("test", "valid"),
     "explain.decoding": ("grounded", "free"),
     "explain.select": ("faithful", "likeliest"),
@@ -414,6 +430,30 @@ def validate(cfg: Config) -> None:
                           "set train.eval_every (e.g. the steps of one epoch)")
     if cfg.train.patience is not None and cfg.train.patience < 1:
         raise ConfigError(f"config: 'train.patience' must be >= 1, found {cfg.train.patience}")
+    if (cfg.data.train_period != "all" or cfg.eval.period != "all") and cfg.data.time_cut is None:
+        raise ConfigError("config: data.train_period / eval.period split interactions at data.time_cut; set it "
+                          "(a date like 1998-01-01 or unix seconds)")
+    from genrec.data.splits import parse_time  # here: genrec.data imports this module
+
+    parse_time(cfg.data.time_cut)  # a DataError naming data.time_cut when it is neither a date nor a number
+    for key in ("mix_masked_item", "mix_item_from_text"):
+        if getattr(cfg.train, key) < 0:
+            raise ConfigError(f"config: 'train.{key}' must be >= 0, found {getattr(cfg.train, key)}")
+    if cfg.train.mask_window < 2:
+        raise ConfigError(f"config: 'train.mask_window' must be >= 2, found {cfg.train.mask_window}")
+    if cfg.train.examples is not None and cfg.train.examples < 1:
+        raise ConfigError(f"config: 'train.examples' must be >= 1 (or null for all), found {cfg.train.examples}")
+    if cfg.train.loss == "softmax_dpo":
+        if cfg.items.identifier != "atomic" or not cfg.train.item_softmax:
+            raise ConfigError("config: train.loss=softmax_dpo compares item log-likelihoods over the item softmax, "
+                              "which needs items.identifier=atomic and train.item_softmax=true")
+        if not cfg.train.init_adapter:
+            raise ConfigError("config: train.loss=softmax_dpo measures the policy against a frozen reference: set "
+                              "train.init_adapter to the SFT adapter folder (e.g. runs/sft/adapter)")
+        if cfg.train.negatives < 1 or cfg.train.dpo_beta <= 0 or cfg.train.ce_weight < 0:
+            raise ConfigError(f"config: softmax_dpo needs train.negatives >= 1, train.dpo_beta > 0 and "
+                              f"train.ce_weight >= 0; found {cfg.train.negatives}, {cfg.train.dpo_beta}, "
+                              f"{cfg.train.ce_weight}")
     _validate_sasrec(cfg.sasrec)
     unknown = [b for b in cfg.eval.baselines if b not in BASELINES]
     if unknown:

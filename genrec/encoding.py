@@ -59,7 +59,7 @@ class Encoder:
         self._newline: torch.Tensor | None = None
 
     def prompt_ids(self, example: Example) -> list[int]:
-        if self.segmented:
+        if self.segmented and example.task is None:
             return self.segmented_prompt(example)[0]
         text = self.formatter.prompt(example)
         return self.tokenizer(text, add_special_tokens=not self.formatter.use_chat)["input_ids"]
@@ -152,6 +152,9 @@ class Encoder:
 
     def item_index(self) -> ItemIndex:
         catalog, template, identifier = self.formatter.catalog, self.formatter.template, self.formatter.identifier
+        if template.answers:  # pointwise: the model answers yes or no about the item in the prompt
+            return ItemIndex([self.completion_ids(template.render_answer(a)) for a in template.answers],
+                             names=list(template.answers))
         completions = [template.render_completion(item, identifier) for item in catalog.items]
         ids = [self.completion_ids(c) for c in completions]
         return ItemIndex(ids, names=completions)
@@ -180,7 +183,7 @@ def tokenized_dataset(encoder: Encoder, examples: list[Example], cache_dir: str 
     digest.update(encoder.fingerprint().encode())
     for ex in examples:
         digest.update(f"{ex.user_id}|{','.join(map(str, ex.history))}|{ex.target}|{ex.sequence_from}|"
-                      f"{ex.rationale}|{ex.explanation}\n".encode())
+                      f"{ex.rationale}|{ex.explanation}|{ex.label}|{ex.task}|{ex.masked}\n".encode())
     folder = Path(cache_dir) / f"tokenized-{digest.hexdigest()[:20]}"
     if (folder / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(folder))
@@ -192,15 +195,18 @@ def tokenized_dataset(encoder: Encoder, examples: list[Example], cache_dir: str 
             "sequence_from": [ex.sequence_from for ex in examples],
             "rationale": [ex.rationale for ex in examples],
             "explanation": [ex.explanation for ex in examples],
+            "label": [ex.label for ex in examples],
+            "task": [ex.task for ex in examples],
+            "masked": [ex.masked for ex in examples],
         }
     )
 
     def encode_batch(batch):
         out = {"input_ids": [], "labels": []}
-        for user, history, target, first, why, because in zip(batch["user_id"], batch["history"], batch["target"],
-                                                              batch["sequence_from"], batch["rationale"],
-                                                              batch["explanation"]):
-            enc = encoder.encode(Example(user, tuple(history), target, first, why, because))
+        for user, history, target, first, why, because, label, task, masked in zip(
+                batch["user_id"], batch["history"], batch["target"], batch["sequence_from"], batch["rationale"],
+                batch["explanation"], batch["label"], batch["task"], batch["masked"]):
+            enc = encoder.encode(Example(user, tuple(history), target, first, why, because, label, task, masked))
             out["input_ids"].append(enc["input_ids"])
             out["labels"].append(enc["labels"])
         return out

@@ -13,16 +13,29 @@ import random
 from genrec.baselines import most_popular_unseen
 from genrec.bias_metrics import bias_metrics
 from genrec.config import Config
-from genrec.data.splits import Split
+from genrec.data.splits import Split, parse_time
+from genrec.errors import DataError
 from genrec.metrics import ranking_metrics
 
 
-def evaluation_users(split: Split, n: int | None, seed: int) -> list[str]:
+def evaluation_users(split: Split, n: int | None, seed: int, after: float | None = None,
+                     split_name: str = "test") -> list[str]:
+    """Users evaluated (all, or a seeded sample of ``n``); with ``after`` (eval.period=after: data.time_cut)
+    only those whose ``split_name`` interaction is at or after that time."""
     users = split.eval_users
+    if after is not None:
+        users = [u for u in users if split.target_time(u, split_name) >= after]
+        if not users:
+            raise DataError(f"no {split_name} interaction is at or after data.time_cut; move the cut earlier")
     if n is None or n >= len(users):
         return users
     position = {u: i for i, u in enumerate(users)}
     return sorted(random.Random(seed).sample(users, n), key=position.__getitem__)
+
+
+def period_start(cfg: Config) -> float | None:
+    """eval.period=after: the data.time_cut evaluated users' interactions must reach; None = every user."""
+    return parse_time(cfg.data.time_cut) if cfg.eval.period == "after" else None
 
 
 def shard_batches(lengths: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:
@@ -69,6 +82,7 @@ def protocol(cfg: Config, split: Split, users: list[str], split_name: str, **ext
                      "contrastive_lambda": cfg.decode.contrastive_lambda,
                      "trie_normalize": cfg.decode.trie_normalize},
         "dataset": cfg.data.dataset,
+        "period": "all" if cfg.eval.period == "all" else f"{split_name} interaction at/after {cfg.data.time_cut}",
         "seed": cfg.run.seed,
         **extra,
     }

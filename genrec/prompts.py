@@ -11,6 +11,15 @@ A template file has these keys::
     completion: "{{ target }}"       # required; Jinja2; what the model learns to generate
     rationale: "why: {{ rationale }}"  # optional; one line written before the completion (reason-then-recommend)
     explanation: " Why: {{ explanation }}"  # optional; one line written after the completion (explained recommendations)
+    answers: ["Yes", "No"]           # optional; makes the template pointwise (see below)
+    tasks:                           # optional; prompts of self-supervised tasks (genrec.multitask)
+      masked_item: "{% for item in history %}{{ '[?]' if loop.index0 == masked else item }}{% endfor %} Hidden:"
+      item_from_text: "The movie {{ target_item.text }} is"
+
+A pointwise template (TALLRec style) asks about one candidate item: its prompt shows the
+candidate (``target``/``target_item``), ``answers`` lists the positive answer then the negative
+one, and the completion renders ``answer`` (one of them). The model is trained on the answer
+and scored by p(first token of the positive answer) against p(the negative's) (genrec.pointwise).
 
 Variables: ``history`` (identifier strings, oldest first), ``history_items``
 (items with ``.text``, ``.plain_id``, ``.item_id``, ``.fields``), ``target`` (the
@@ -40,7 +49,8 @@ from genrec.data.catalog import Catalog, Item
 from genrec.data.splits import Example
 from genrec.errors import TemplateError, suggest
 
-KNOWN_KEYS = ("name", "description", "system", "prompt", "completion", "rationale", "explanation")
+KNOWN_KEYS = ("name", "description", "system", "prompt", "completion", "rationale", "explanation", "answers", "tasks")
+TASK_KEYS = ("masked_item", "item_from_text")  # genrec.multitask.TASKS
 LINE_KEYS = ("rationale", "explanation")  # one-line parts the model writes around the completion
 REQUIRED_KEYS = ("name", "prompt", "completion")
 _ENV = ImmutableSandboxedEnvironment(  # templates may read the catalog, never change it
@@ -81,10 +91,30 @@ class PromptTemplate:
         self.name: str = data["name"]
         self.description: str = data.get("description") or ""
         self.system: str | None = data.get("system")
+        answers = data.get("answers")
+        if answers is not None and not (isinstance(answers, list) and len(answers) == 2 and
+                                        all(isinstance(a, str) and a.strip() for a in answers) and
+                                        answers[0] != answers[1]):
+            raise TemplateError(f"{source}:{self._key_line(root, 'answers')}: 'answers' must be a list of two different "
+                                f"non-empty strings, the positive answer first (e.g. [\"Yes\", \"No\"]); found {answers!r}")
+        self.answers: tuple[str, str] | None = tuple(answers) if answers else None
+        tasks = data.get("tasks") or {}
+        if not isinstance(tasks, dict) or any(not isinstance(v, str) or not v.strip() for v in tasks.values()):
+            raise TemplateError(f"{source}:{self._key_line(root, 'tasks')}: 'tasks' must map task names to prompt "
+                                f"strings ({', '.join(TASK_KEYS)})")
+        for task in tasks:
+            if task not in TASK_KEYS:
+                raise TemplateError(f"{source}:{self._key_line(root, 'tasks')}: unknown task '{task}'"
+                                    f"{suggest(task, TASK_KEYS)}; known tasks: {', '.join(TASK_KEYS)}")
+        self.tasks: tuple[str, ...] = tuple(tasks)
         self._line_offset = {key: self._value_line_offset(root, key)
                              for key in ("prompt", "completion", "system", *LINE_KEYS)}
         self._compiled = {}
-        for key in ("prompt", "completion", "system", *LINE_KEYS):
+        task_root = next((v for k, v in getattr(root, "value", []) if k.value == "tasks"), None)
+        for task, text in tasks.items():
+            self._line_offset[f"tasks.{task}"] = self._value_line_offset(task_root, task)
+            data[f"tasks.{task}"] = text
+        for key in ("prompt", "completion", "system", *LINE_KEYS, *(f"tasks.{t}" for t in tasks)):
             if data.get(key) is None:
                 continue
             name = f"{source}#{key}"  # the code's filename: lets render errors find their template line
@@ -148,12 +178,23 @@ class PromptTemplate:
 
     def render_prompt(self, example: Example, catalog: Catalog, identifier: str, ratings: dict | None = None,
                       history: list[str] | None = None) -> str:
+        if example.task is not None:
+            key = f"tasks.{example.task}"
+            if key not in self._compiled:
+                raise TemplateError(f"{self.source}: training mixes in '{example.task}' examples but the template has "
+                                    f"no 'tasks: {example.task}:' prompt; add one or set its train.mix_* to 0")
+            variables = self.variables(example, catalog, identifier, ratings)
+            return self._render(key, {**variables, "masked": example.masked}).strip("\n")
         return self._render("prompt", self.variables(example, catalog, identifier, ratings, history)).strip("\n")
 
     def render_completion(self, item: Item, identifier: str, user_id: str = "") -> str:
         variables = {"user_id": user_id, "history": [], "history_items": [], "history_ratings": [],
                      "target": item.identifier(identifier), "target_item": item}
         return self._render("completion", variables)
+
+    def render_answer(self, answer: str) -> str:
+        """Pointwise templates: the completion for one of ``answers``."""
+        return self._render("completion", {"answer": answer})
 
     @property
     def has_rationale(self) -> bool:
@@ -198,6 +239,10 @@ class PromptTemplate:
         sample = [catalog[i] for i in range(min(3, len(catalog)))]
         example = Example("validation-user", tuple(it.index for it in sample[:-1]), sample[-1].index)
         self.render_prompt(example, catalog, identifier)
+        self._check_tasks(example, catalog, identifier, sample)
+        if self.answers:
+            self._check_pointwise(example, catalog, identifier, sample)
+            return
         if self.has_rationale:
             self.render_rationale(replace(example, rationale="likes Drama (2)"), catalog, identifier)
         if self.has_explanation:
@@ -216,6 +261,40 @@ class PromptTemplate:
                     f"{self.source}: 'prompt' changes with the target item: it would show the model the answer; "
                     "use target/target_item only in 'completion'"
                 )
+
+
+    def _check_tasks(self, example: Example, catalog: Catalog, identifier: str, sample: list[Item]) -> None:
+        """Each task prompt renders, and none shows the item it asks for (a masked item left visible)."""
+        if len(sample) < 2:
+            return
+        for task in self.tasks:
+            if task == "masked_item":
+                one = replace(example, task=task, masked=0, history=(sample[0].index, sample[1].index), target=sample[0].index)
+                two = replace(one, history=(sample[2 % len(sample)].index, sample[1].index), target=sample[2 % len(sample)].index)
+            else:
+                one = Example("", (), sample[0].index, task=task)
+                two = Example("", (), sample[1].index, task=task)
+            first, second = self.render_prompt(one, catalog, identifier), self.render_prompt(two, catalog, identifier)
+            if task == "masked_item" and first != second:
+                raise TemplateError(f"{self.source}: 'tasks: masked_item' shows the hidden item: replace "
+                                    "history[masked] (e.g. {{ '[?]' if loop.index0 == masked else item }})")
+            if task == "item_from_text" and first == second:
+                raise TemplateError(f"{self.source}: 'tasks: item_from_text' renders the same prompt for different "
+                                    "items; it must describe target_item")
+
+    def _check_pointwise(self, example: Example, catalog: Catalog, identifier: str, sample: list[Item]) -> None:
+        if self.has_rationale or self.has_explanation:
+            raise TemplateError(f"{self.source}: a pointwise template ('answers') writes only the answer, "
+                                "not a rationale or an explanation")
+        yes, no = (self.render_answer(a) for a in self.answers)
+        if yes == no:
+            raise TemplateError(f"{self.source}: 'completion' renders the same text for both answers; it must use "
+                                "{{ answer }}")
+        if len(sample) > 1:
+            other = Example(example.user_id, example.history, sample[0].index)
+            if self.render_prompt(other, catalog, identifier) == self.render_prompt(example, catalog, identifier):
+                raise TemplateError(f"{self.source}: a pointwise prompt must show the candidate item it asks about "
+                                    "({{ target }} or {{ target_item.text }})")
 
 
 class PromptFormatter:
@@ -248,6 +327,12 @@ class PromptFormatter:
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
     def render(self, example: Example) -> RenderedExample:
+        if self.template.answers:
+            if example.label is None:
+                raise TemplateError(f"{self.template.source} is pointwise ('answers'): example of user "
+                                    f"{example.user_id} has no yes/no label; build examples with genrec.pointwise")
+            answer = self.template.answers[0 if example.label else 1]
+            return RenderedExample(self.prompt(example), self.template.render_answer(answer))
         completion = self.template.render_completion(self.catalog[example.target], self.identifier, example.user_id)
         rationale = self.template.render_rationale(example, self.catalog, self.identifier) \
             if self.template.has_rationale else None

@@ -9,6 +9,7 @@ and refuses a checkpoint whose item index no longer matches the catalog.
 from __future__ import annotations
 
 import functools
+import random
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 from genrec.config import Config
 from genrec.data import Split, load_split
 from genrec.counterfactual import null_node_prior
-from genrec.data.splits import Example, training_examples
+from genrec.data.splits import Example, parse_time, training_examples
 from genrec.decoding import constrained_topk, greedy_lines
 from genrec.encoding import Encoder
 from genrec.errors import CheckpointError, ConfigError
@@ -28,6 +29,8 @@ from genrec.explanations import Explainer
 from genrec.item_tokens import add_item_tokens, atomic_names, grow_embeddings
 from genrec.items import ItemIndex
 from genrec.modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
+from genrec.multitask import item_from_text_examples, masked_item_examples
+from genrec.pointwise import balanced_sample, pointwise_examples
 from genrec.popularity import smoothed
 from genrec.prompts import PromptFormatter, PromptTemplate
 from genrec.rationale import RationaleBuilder
@@ -49,8 +52,22 @@ class Setup:
     codes: SemanticCodes | None = None  # semantic: every item's codes (saved with each checkpoint)
 
     def training_examples(self) -> list[Example]:
-        """The run's training set (train.objective), with rationales or explanations when the template writes one."""
+        """The run's training set (train.objective; pointwise templates: labelled candidates), with rationales
+        or explanations when the template writes one; a seeded sample of train.examples of it when set."""
+        n, seed = self.cfg.train.examples, self.cfg.run.seed
+        if self.template.answers:
+            if self.cfg.train.objective == "sequence":
+                raise ConfigError(f"{self.template.source} is pointwise ('answers'): it asks about one candidate "
+                                  "per prompt, which needs train.objective=target")
+            data = self.cfg.data
+            examples = pointwise_examples(self.split, data.max_history, data.like_threshold, parse_time(data.time_cut),
+                                          data.train_period)
+            return examples if n is None else balanced_sample(examples, n, seed)
         examples = training_examples(self.split, self.cfg.data, self.cfg.train.objective)
+        if n is not None and n < len(examples):
+            position = {id(ex): i for i, ex in enumerate(examples)}
+            examples = sorted(random.Random(seed).sample(examples, n), key=lambda ex: position[id(ex)])
+        examples += self.task_examples()
         if not (self.template.has_rationale or self.template.has_explanation):
             return examples
         if self.cfg.train.objective == "sequence":
@@ -59,6 +76,25 @@ class Setup:
         if self.template.has_explanation:
             return self.with_explanations(examples)
         return RationaleBuilder(self.split, self.cfg.reason).attach(examples)
+
+    def task_examples(self) -> list[Example]:
+        """Self-supervised examples mixed into training (train.mix_*; genrec.multitask)."""
+        train, data = self.cfg.train, self.cfg.data
+        for task, mix in (("masked_item", train.mix_masked_item), ("item_from_text", train.mix_item_from_text)):
+            if mix and task not in self.template.tasks:
+                raise ConfigError(f"train.mix_{task}={mix} but {self.template.source} has no 'tasks: {task}:' prompt; "
+                                  "add one (see prompts/next_item_atomic_multitask.yaml) or set it to 0")
+        out = []
+        if train.mix_masked_item:
+            cut = parse_time(data.time_cut)
+            targets = {u: self.split.period_targets(u, cut, data.train_period) for u in self.split.sequences}
+            out += masked_item_examples(self.split, train.mix_masked_item, train.mask_window, self.cfg.run.seed, targets)
+        if train.mix_item_from_text:
+            out += item_from_text_examples(self.split, train.mix_item_from_text, self.cfg.run.seed)
+        if out and (self.template.has_rationale or self.template.has_explanation or self.template.answers):
+            raise ConfigError(f"train.mix_* tasks complete with the item alone; {self.template.source} writes a "
+                              "rationale, an explanation or a yes/no answer")
+        return out
 
     @functools.cached_property
     def explainer(self) -> Explainer:

@@ -72,6 +72,9 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         for i, r in enumerate(rows):
             weights[i, width - len(r["weights"]):] = torch.tensor(r["weights"], dtype=torch.float32)
         batch["loss_weights"] = weights
+    if "negatives" in rows[0]:  # softmax-DPO (genrec.preference): per target, in label order
+        batch["negatives"] = torch.cat([r["negatives"] for r in rows])
+        batch["reference"] = torch.cat([r["reference"] for r in rows])
     return batch
 
 
@@ -96,7 +99,7 @@ def label_logits(model, batch: dict[str, torch.Tensor], candidates: torch.Tensor
 
 def completion_loss(model, batch: dict[str, torch.Tensor], candidates: torch.Tensor | None = None,
                     null_batch: dict[str, torch.Tensor] | None = None, alpha: float = 0.0,
-                    groups: torch.Tensor | None = None) -> torch.Tensor:
+                    groups: torch.Tensor | None = None, preference=None) -> torch.Tensor:
     """Mean cross-entropy over completion tokens, computing logits only where a label exists.
 
     ``candidates`` (sorted token ids): the softmax runs over these tokens only — the atomic item tokens,
@@ -104,8 +107,12 @@ def completion_loss(model, batch: dict[str, torch.Tensor], candidates: torch.Ten
     With ``loss_weights`` in the batch each token's cross-entropy is multiplied by its weight before the
     mean (the weights are scaled to mean 1 over the data, not per batch). With ``alpha`` > 0 the
     counterfactual term ``alpha * CE(logits - null logits)`` is added, the null logits coming from
-    ``null_batch`` (``genrec.counterfactual.NullHistory``: one row per row, or one row for all)."""
+    ``null_batch`` (``genrec.counterfactual.NullHistory``: one row per row, or one row for all).
+    ``preference`` (``genrec.preference.SoftmaxDPO``, with ``negatives``/``reference`` in the batch)
+    replaces the cross-entropy by its contrastive loss."""
     logits, targets = label_logits(model, batch, candidates, groups)
+    if preference is not None:
+        return preference.loss(logits, targets, batch)
     weights = batch["loss_weights"][:, 1:][batch["loss_positions"][:, :-1]] if "loss_weights" in batch else None
     loss = _cross_entropy(logits, targets, weights)
     if alpha:
@@ -135,7 +142,7 @@ def candidate_logits(model, inputs: dict, keep: torch.Tensor, candidates: torch.
 
 def training_loss(model, batch: dict[str, torch.Tensor], autocast, mixed: bool,
                   candidates: torch.Tensor | None = None, null_batch: dict | None = None, alpha: float = 0.0,
-                  groups: torch.Tensor | None = None) -> torch.Tensor:
+                  groups: torch.Tensor | None = None, preference=None) -> torch.Tensor:
     """``completion_loss`` under the run's mixed precision (``autocast``: a context manager).
 
     With ``mixed`` the adapter layers compute in the autocast dtype too: by default peft casts each
@@ -146,7 +153,7 @@ def training_loss(model, batch: dict[str, torch.Tensor], autocast, mixed: bool,
     from peft.helpers import disable_input_dtype_casting
 
     with autocast, disable_input_dtype_casting(model, active=mixed):
-        return completion_loss(model, batch, candidates, null_batch, alpha, groups)
+        return completion_loss(model, batch, candidates, null_batch, alpha, groups, preference)
 
 
 def peak_rss_mb() -> float:

@@ -29,14 +29,16 @@ from genrec import __version__
 from genrec.config import load_config, parse_cli, save_config
 from genrec.counterfactual import NullHistory
 from genrec.encoding import IGNORE_INDEX, tokenized_dataset
-from genrec.errors import ConfigError, DataError
-from genrec.evaluation import evaluation_users, rank_users, score
+from genrec.errors import CheckpointError, ConfigError, DataError
+from genrec.evaluation import evaluation_users, period_start, rank_users, score
 from genrec.modeling import attach_adapter, resolve_dtype
+from genrec.pointwise import evaluation_examples, pointwise_metrics, roc_auc
+from genrec.preference import SoftmaxDPO
 from genrec.popularity import training_weights
 from genrec.recommender import Recommender, prepare
 from genrec.runtime import make_accelerator, run, set_threads, setup_logging
 from genrec.training import (STATE_DIR, MetricsLog, checkpoint_dirs, collate, epoch_batches, load_training_state,
-                             peak_rss_mb, prune_checkpoints, training_loss, write_checkpoint)
+                             peak_rss_mb, prune_checkpoints, read_info, training_loss, write_checkpoint)
 
 log = logging.getLogger("genrec")
 BEST_DIR = "best"  # train.select_best: the weights of the best validation so far
@@ -80,6 +82,31 @@ def parameter_groups(model, cfg) -> list[dict]:
     return groups
 
 
+def load_init_adapter(model, folder: Path, setup) -> None:
+    """train.init_adapter: start from another run's adapter weights (same adapter settings and item index)."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise CheckpointError(f"train.init_adapter={folder}: no adapter_model.safetensors there; point it at a "
+                              "finished run's adapter folder (e.g. runs/sft/adapter)")
+    if read_info(folder).get("item_index") != setup.index.fingerprint:
+        raise CheckpointError(f"train.init_adapter={folder} was trained with other items, identifiers or template "
+                              "(its item index differs from this run's); use the same data, items and prompt config")
+    saved = json.loads((folder / "adapter_config.json").read_text())
+    mine = setup.cfg.adapter
+    theirs = {"r": saved.get("r"), "target_modules": sorted(saved.get("target_modules") or [])}
+    if theirs != {"r": mine.r, "target_modules": sorted(mine.target_modules)}:
+        raise ConfigError(f"train.init_adapter={folder} has adapter r={theirs['r']}, target_modules="
+                          f"{theirs['target_modules']}; this run's adapter.r={mine.r}, adapter.target_modules="
+                          f"{sorted(mine.target_modules)} must match it")
+    result = set_peft_model_state_dict(model, load_file(str(weights)))
+    if result.unexpected_keys:
+        raise CheckpointError(f"train.init_adapter={folder}: weights this adapter does not have: "
+                              f"{result.unexpected_keys[:3]}")
+
+
 def main(argv: list[str]) -> None:
     cfg = load_config(*parse_cli(argv))
     set_threads()
@@ -117,6 +144,16 @@ def main(argv: list[str]) -> None:
 
     model = setup.load_model(for_training=True)
     model = attach_adapter(model, cfg.adapter, setup.item_tokens)
+    if cfg.train.init_adapter:
+        load_init_adapter(model, Path(cfg.train.init_adapter), setup)
+        log.info("starting from the adapter weights of %s", cfg.train.init_adapter)
+    preference = None
+    if cfg.train.loss == "softmax_dpo":  # the reference is the starting weights: score it before any update
+        preference = SoftmaxDPO(cfg.train.dpo_beta, cfg.train.ce_weight, cfg.train.negatives, cfg.run.seed)
+        item_of_token = {tok: item for item, tok in enumerate(setup.item_tokens)}
+        preference.prepare(model, data, candidates, item_of_token, list(range(len(data))), collate,
+                           setup.tokenizer.pad_token_id, accelerator.autocast, cfg.train.batch_size,
+                           accelerator.is_main_process)
     if resume_from is not None:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -154,7 +191,8 @@ def main(argv: list[str]) -> None:
     info = {"genrec_version": __version__, "base_model": cfg.model.name_or_path, "model_path": str(setup.model_path),
             "template_sha256": setup.template.sha256, "item_index": setup.index.fingerprint,
             "identifier": cfg.items.identifier}
-    validation_users = evaluation_users(setup.split, cfg.train.eval_users, cfg.run.seed)
+    valid_key = "valid_auc" if setup.template.answers else "valid_ndcg@10"
+    validation_users = evaluation_users(setup.split, cfg.train.eval_users, cfg.run.seed, period_start(cfg), "valid")
 
     def save(folder: Path, with_state: bool = True) -> None:
         accelerator.wait_for_everyone()
@@ -165,8 +203,19 @@ def main(argv: list[str]) -> None:
         accelerator.wait_for_everyone()
 
     def validate() -> float:
+        """Validation NDCG@10 (pointwise templates: AUC) on the validation users' held-out items."""
         net = accelerator.unwrap_model(model)
         net.eval()
+        if setup.template.answers:
+            asked = evaluation_examples(setup.split, validation_users, "valid", cfg.data.max_history,
+                                        cfg.data.like_threshold)
+            with accelerator.autocast():
+                _, mine = pointwise_metrics(net, setup.encoder, asked[rank::world], cfg.decode.batch_users)
+            net.train()
+            scores = [0.0] * len(asked)
+            for r, part in enumerate(accelerator.gather_for_metrics([mine], use_gather_object=True)):
+                scores[r::world] = part
+            return roc_auc(scores, [bool(ex.label) for ex in asked])
         rec = Recommender(net, setup)
         mine = rank_users(rec, validation_users, "valid", 10, rank, world)
         net.train()
@@ -197,14 +246,17 @@ def main(argv: list[str]) -> None:
         batches = epoch_cache[epoch]
         for micro in range(cfg.train.grad_accum):
             rows = data[batches[within * cfg.train.grad_accum + micro]]
-            rows = [{"input_ids": i, "labels": l, "user_id": u, **({"weights": weights.row(l, t)} if weights else {})}
-                    for i, l, t, u in zip(rows["input_ids"], rows["labels"], rows["target"], rows["user_id"])]
+            indices = batches[within * cfg.train.grad_accum + micro]
+            rows = [{"input_ids": i, "labels": l, "user_id": u, **({"weights": weights.row(l, t)} if weights else {}),
+                     **(preference.attach(row) if preference else {})}
+                    for i, l, t, u, row in zip(rows["input_ids"], rows["labels"], rows["target"], rows["user_id"],
+                                               indices)]
             batch = collate(rows, setup.tokenizer.pad_token_id)
             null_batch = null_history.batch(rows, setup.tokenizer.pad_token_id) if alpha else None
             last = micro == cfg.train.grad_accum - 1
             with accelerator.no_sync(model) if not last else contextlib.nullcontext():
                 loss = training_loss(model, batch, accelerator.autocast(), mixed, candidates, null_batch,
-                                     alpha, levels) / cfg.train.grad_accum
+                                     alpha, levels, preference) / cfg.train.grad_accum
                 accelerator.backward(loss)
             window_loss += loss.item()
             window_tokens += int(batch["attention_mask"].sum())
@@ -228,8 +280,8 @@ def main(argv: list[str]) -> None:
             window_loss, window_tokens, window_start = 0.0, 0, time.time()
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
             ndcg = validate()
-            metrics.write({"step": step, "valid_ndcg@10": round(ndcg, 5), "valid_users": len(validation_users)})
-            log.info("step %d: validation NDCG@10 %.4f on %d users", step, ndcg, len(validation_users))
+            metrics.write({"step": step, valid_key: round(ndcg, 5), "valid_users": len(validation_users)})
+            log.info("step %d: %s %.4f on %d users", step, valid_key, ndcg, len(validation_users))
             select(ndcg)
             if cfg.train.patience and selection["since_best"] >= cfg.train.patience:
                 selection["stopped_early"] = True
@@ -248,8 +300,8 @@ def main(argv: list[str]) -> None:
         return
     if not selection["stopped_early"]:
         ndcg = validate()
-        metrics.write({"step": step, "valid_ndcg@10": round(ndcg, 5), "valid_users": len(validation_users)})
-        log.info("final validation NDCG@10 %.4f on %d users", ndcg, len(validation_users))
+        metrics.write({"step": step, valid_key: round(ndcg, 5), "valid_users": len(validation_users)})
+        log.info("final %s %.4f on %d users", valid_key, ndcg, len(validation_users))
         select(ndcg)
     if cfg.train.select_best and selection["best_step"] != step:
         from peft import set_peft_model_state_dict
@@ -259,7 +311,7 @@ def main(argv: list[str]) -> None:
         set_peft_model_state_dict(accelerator.unwrap_model(model), best)
         log.info("keeping the weights of step %d (validation NDCG@10 %.4f) over step %d's",
                  selection["best_step"], selection["best_ndcg"], step)
-    metrics.write({"step": step, "selected_step": selection["best_step"], "selected_valid_ndcg@10":
+    metrics.write({"step": step, "selected_step": selection["best_step"], f"selected_{valid_key}":
                    None if selection["best_ndcg"] is None else round(selection["best_ndcg"], 5)})
     save(out / "adapter")
     log.info("adapter saved to %s", out / "adapter")

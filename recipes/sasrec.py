@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from genrec import sasrec
 from genrec.config import load_config, parse_cli
 from genrec.data import load_split
-from genrec.evaluation import baseline_metrics, evaluation_users, protocol, score
+from genrec.evaluation import baseline_metrics, evaluation_users, period_start, protocol, score
 from genrec.runtime import run, set_threads, setup_logging
 from genrec.training import atomic_write_text
 
@@ -58,7 +58,7 @@ def main(argv: list[str]) -> dict:
     valid_users = split.eval_users
     valid = score(sasrec.rank_split(model, split, valid_users, "valid", 10, cfg.decode.exclude_seen, p.eval_batch),
                   split, valid_users, "valid", [10])
-    users = evaluation_users(split, cfg.eval.users, cfg.run.seed)
+    users = evaluation_users(split, cfg.eval.users, cfg.run.seed, period_start(cfg), cfg.eval.split)
     start = time.time()
     rankings = sasrec.rank_split(model, split, users, cfg.eval.split, max(cfg.eval.ks), cfg.decode.exclude_seen, p.eval_batch)
     elapsed = time.time() - start

@@ -1,0 +1,50 @@
+"""Self-supervised tasks mixed with next-item examples (P5 / LC-Rec style).
+
+- ``masked_item``: a window of a user's training items with one hidden; the model names the hidden
+  item from the items before *and after* it (the template's ``tasks.masked_item`` prompt hides
+  ``history[masked]``).
+- ``item_from_text``: an item's text (title, genres, year: the template's ``tasks.item_from_text``
+  prompt over ``target_item``) → the item, aligning each identifier with what it stands for.
+
+Both complete with the item exactly as next-item examples do, so with atomic ids and
+train.item_softmax every task trains the same item softmax. How many of each joins the training
+set is set by train.mix_masked_item (per training interaction) and train.mix_item_from_text (per
+catalog item); the examples are drawn once from run.seed and reused every epoch.
+"""
+
+from __future__ import annotations
+
+import random
+
+from genrec.data.splits import Example, Split
+
+TASKS = ("masked_item", "item_from_text")
+
+
+def masked_item_examples(split: Split, per_interaction: float, window: int, seed: int,
+                         targets: dict[str, tuple[int, int]] | None = None) -> list[Example]:
+    """round(per_interaction × training interactions) examples, each hiding one training interaction drawn
+    uniformly (within ``targets[user]`` = [lo, hi) positions when given) in a window of up to ``window``
+    of the user's training items around it."""
+    rng = random.Random(seed)
+    pool = []
+    for user in split.sequences:
+        part = split.train_part(user)
+        lo, hi = targets[user] if targets else (0, len(part))
+        if len(part) >= 2:
+            pool += [(user, t) for t in range(lo, hi)]
+    out = []
+    for user, t in (rng.choice(pool) for _ in range(round(per_interaction * len(pool)) if pool else 0)):
+        part = split.train_part(user)
+        start = max(0, min(t - rng.randrange(window), len(part) - window))
+        items = tuple(part[start: start + window])
+        out.append(Example(user, items, part[t], task="masked_item", masked=t - start))
+    return out
+
+
+def item_from_text_examples(split: Split, per_item: float, seed: int) -> list[Example]:
+    """Every catalog item int(per_item) times, plus a seeded sample for the fraction."""
+    items = list(range(len(split.catalog)))
+    whole, frac = divmod(per_item, 1.0)
+    chosen = items * int(whole) + random.Random(seed).sample(items, round(frac * len(items)))
+    return [Example("", (), i, task="item_from_text") for i in sorted(chosen)]
