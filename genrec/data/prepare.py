@@ -5,7 +5,7 @@ from __future__ import annotations
 from genrec.config import Config
 from genrec.data.catalog import Catalog
 from genrec.data.readers import load_interactions_and_items
-from genrec.data.splits import Split, build_split, k_core
+from genrec.data.splits import Split, build_split, k_core, sequential_numbers
 from genrec.errors import DataError
 
 
@@ -21,6 +21,8 @@ def load_split(cfg: Config) -> Split:
         )
     catalog = Catalog.build(frame["item_id"], items, cfg.data.item_text, cfg.items.id_format, source=str(source))
     split = build_split(frame, catalog)
+    if cfg.items.id_order == "sequential":
+        split.catalog = catalog.renumber(sequential_numbers(split), cfg.items.id_format)
     if not split.eval_users:
         raise DataError(f"{source}: no user has the 3 interactions leave-one-out needs (train, validation, test)")
     return split

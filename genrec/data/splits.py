@@ -105,6 +105,20 @@ class Split:
         return counts
 
 
+def sequential_numbers(split: Split) -> list[int]:
+    """OpenP5's sequential indexing: each item's number (catalog order) by first appearance when the users'
+    training parts are read one after another; items never trained on come last. Numbers start at a power
+    of ten so that all have the same digit count."""
+    order: dict[int, int] = {}
+    for user in split.sequences:
+        for item in split.train_part(user):
+            order.setdefault(item, len(order))
+    for item in range(len(split.catalog)):
+        order.setdefault(item, len(order))
+    start = 10 ** len(str(len(split.catalog)))
+    return [start + order[item] for item in range(len(split.catalog))]
+
+
 def build_split(frame: pd.DataFrame, catalog: Catalog) -> Split:
     ordered = frame.assign(_row=np.arange(len(frame))).sort_values(["user_id", "timestamp", "_row"], kind="stable")
     index_of = {it.item_id: it.index for it in catalog.items}
