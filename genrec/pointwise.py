@@ -16,6 +16,7 @@ import torch
 
 from genrec.data.splits import Example, Split
 from genrec.errors import DataError, TemplateError
+from genrec.modeling import PLAIN_HEAD_TYPES
 
 
 def liked(split: Split, user: str, item: int, threshold: float) -> bool | None:
@@ -77,8 +78,16 @@ def answer_token_ids(encoder) -> tuple[int, int]:
 @torch.no_grad()
 def preference_scores(model, prompts: list[list[int]], yes_id: int, no_id: int, pad_id: int,
                       batch_size: int = 8) -> list[float]:
-    """log p(yes) - log p(no) at the end of each prompt (left-padded batches of similar length)."""
+    """log p(yes) - log p(no) at the end of each prompt (left-padded batches of similar length).
+
+    The softmax normaliser cancels in the difference, so it is the difference of the two logits: with a
+    plain output layer it is computed in fp32 from the last hidden state and the two output rows, not
+    read off bf16 logits (whose ~0.1 resolution at typical magnitudes ties many scores)."""
     device = next(model.parameters()).device
+    head = model.get_output_embeddings()
+    plain_head = isinstance(head, torch.nn.Linear) and head.bias is None and \
+        getattr(model.config, "model_type", "") in PLAIN_HEAD_TYPES
+    direction = (head.weight[yes_id].float() - head.weight[no_id].float()) if plain_head else None
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     scores = [0.0] * len(prompts)
     for lo in range(0, len(order), batch_size):
@@ -90,11 +99,16 @@ def preference_scores(model, prompts: list[list[int]], yes_id: int, no_id: int, 
             ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
             mask[r, width - len(prompts[i]):] = 1
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
-                       logits_to_keep=1, use_cache=False).logits[:, -1].float()
-        logp = torch.log_softmax(logits, dim=-1)
+        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device),
+                  "use_cache": False}
+        if direction is not None:
+            hidden = model.get_decoder()(**inputs).last_hidden_state[:, -1].float()
+            margin = hidden @ direction
+        else:
+            logits = model(**inputs, logits_to_keep=1).logits[:, -1].float()
+            margin = logits[:, yes_id] - logits[:, no_id]
         for r, i in enumerate(rows):
-            scores[i] = (logp[r, yes_id] - logp[r, no_id]).item()
+            scores[i] = margin[r].item()
     return scores
 
 
@@ -107,6 +121,25 @@ def roc_auc(scores: list[float], labels: list[bool]) -> float:
         raise DataError(f"AUC needs both likes and dislikes among the evaluated interactions; found {n_pos} and {n_neg}")
     ranks = pd.Series(scores, dtype=float).rank(method="average").to_numpy()
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def rating_baselines(split: Split, examples: list[Example]) -> dict[str, float]:
+    """AUC of two non-LLM scores of the same examples, from the training parts' ratings only: the user's
+    mean rating (some users like most of what they watch) and the item's mean rating over all users."""
+    user_sum, user_n, item_sum, item_n = {}, {}, np.zeros(len(split.catalog)), np.zeros(len(split.catalog))
+    for user in split.sequences:
+        rated = split.ratings.get(user, {})
+        for item in split.train_part(user):
+            if item in rated:
+                user_sum[user] = user_sum.get(user, 0.0) + rated[item]
+                user_n[user] = user_n.get(user, 0) + 1
+                item_sum[item] += rated[item]
+                item_n[item] += 1
+    overall = float(item_sum.sum() / max(item_n.sum(), 1))
+    labels = [bool(ex.label) for ex in examples]
+    users = [user_sum[ex.user_id] / user_n[ex.user_id] if user_n.get(ex.user_id) else overall for ex in examples]
+    items = [item_sum[ex.target] / item_n[ex.target] if item_n[ex.target] else overall for ex in examples]
+    return {"user_mean_rating": roc_auc(users, labels), "item_mean_rating": roc_auc(items, labels)}
 
 
 def pointwise_metrics(model, encoder, examples: list[Example], batch_size: int = 8) -> tuple[dict, list[float]]:

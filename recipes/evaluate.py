@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from genrec.config import load_config, parse_cli
 from genrec.evaluation import baseline_metrics, evaluation_users, period_start, protocol, rank_users, score
 from genrec.modeling import resolve_dtype
-from genrec.pointwise import evaluation_examples, pointwise_metrics, roc_auc
+from genrec.pointwise import evaluation_examples, pointwise_metrics, rating_baselines, roc_auc
 from genrec.rationale import RationaleBuilder, rationale_metrics
 from genrec.recommender import Recommender
 from genrec.runtime import make_accelerator, run, set_threads, setup_logging
@@ -61,6 +61,8 @@ def evaluate_pointwise(cfg, accelerator, recommender, users: list[str], checkpoi
             "adapter": str(checkpoint) if checkpoint else None, "template": setup.template.source,
             "template_sha256": setup.template.sha256, "dataset": cfg.data.dataset, "seed": cfg.run.seed,
         },
+        # the same examples scored without a model, from the training ratings (AUC)
+        "baselines": rating_baselines(split, asked),
         "timing": {"seconds": round(elapsed, 1), "examples_per_s": round(len(asked) / max(elapsed, 1e-9), 3)},
     }
     out = Path(cfg.run.output_dir)

@@ -55,6 +55,9 @@ def main(argv: list[str]) -> list[dict]:
     asked: list[Example] = []
     # the request is validated against the data before any weights load
     def check(setup) -> None:
+        if setup.template.answers:
+            raise ConfigError(f"{setup.template.source} is pointwise: it answers yes/no about one item rather than "
+                              "generating items; score it with recipes/evaluate.py (AUC)")
         asked.append(request(cfg, setup.split))
         if cfg.recommend.explain and not setup.template.has_explanation:
             raise ConfigError(f"explain=true needs a template with an 'explanation' key and a model trained with it; "

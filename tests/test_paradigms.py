@@ -181,6 +181,7 @@ def test_pointwise_finetune_and_evaluate(tiny_overrides):
     results = load_recipe("evaluate").main(overrides)
     m = results["metrics"]
     assert 0.0 <= m["auc"] <= 1.0 and m["examples"] > 0 and 0 < m["like_rate"] < 1
+    assert set(results["baselines"]) == {"user_mean_rating", "item_mean_rating"}
     scores = [json.loads(line) for line in (run / "scores.jsonl").read_text().splitlines()]
     assert len(scores) == m["examples"]
     assert roc_auc([s["score"] for s in scores], [s["label"] for s in scores]) == pytest.approx(m["auc"], abs=1e-3)
@@ -370,3 +371,27 @@ def test_paradigms_benchmark_runs_every_part(tiny_overrides, tmp_path):
     config = yaml.safe_load((tmp_path / "p" / "contrastive" / "config.yaml").read_text())
     assert config["train"]["loss"] == "softmax_dpo" and config["train"]["init_adapter"].endswith("sft_init/adapter")
 
+
+
+def test_recommend_refuses_a_pointwise_template(tiny_overrides):
+    overrides = tiny_overrides + [f"prompt.template={REPO / 'prompts' / 'pointwise_like.yaml'}", "run.checkpoint=base",
+                                  "recommend.user_id=1"]
+    with pytest.raises(ConfigError, match="pointwise"):
+        load_recipe("recommend").main(overrides)
+
+
+def test_rating_baselines_use_training_ratings_only():
+    from genrec.data.catalog import Catalog
+    from genrec.data.splits import Split
+    from genrec.pointwise import rating_baselines
+
+    catalog = Catalog.build([str(i) for i in range(6)], None, "{item_id}", "item_{item_id}")
+    # a: trains on 0, 1 (rated 5, 4) then valid 2, test 3; b: trains on 0, 2 (rated 1, 2) then valid 4, test 5
+    seqs = {"a": [0, 1, 2, 3], "b": [0, 2, 4, 5]}
+    ratings = {"a": {0: 5, 1: 4, 2: 1, 3: 1}, "b": {0: 1, 2: 2, 4: 5, 5: 5}}
+    split = Split(catalog, seqs, ratings)
+    examples = [Example("a", (0, 1, 2), 3, label=False), Example("b", (0, 2, 4), 5, label=True)]
+    got = rating_baselines(split, examples)
+    # user means 4.5 (a) vs 1.5 (b): the liked example scores lower -> AUC 0; the test items were never
+    # trained on (both get the overall mean 3.0): a tie -> 0.5. The held-out ratings (1, 5) are never read.
+    assert got == {"user_mean_rating": 0.0, "item_mean_rating": 0.5}
