@@ -127,6 +127,7 @@ class TrainConfig:
     mix_masked_item: float = 0.0  # multitask: masked-item examples per training interaction (the template's tasks.masked_item prompt)
     mix_item_from_text: float = 0.0  # multitask: text → item examples per catalog item (the template's tasks.item_from_text prompt)
     mask_window: int = 20  # multitask: items shown around a hidden one in a masked-item example
+    task_weight: float = 1.0  # multitask: loss weight of the self-supervised examples' labels (a batch of them carries ~16 labels against ~1,000 in a batch of sequence windows)
 
 
 @dataclass
@@ -441,6 +442,8 @@ def validate(cfg: Config) -> None:
     for key in ("mix_masked_item", "mix_item_from_text"):
         if getattr(cfg.train, key) < 0:
             raise ConfigError(f"config: 'train.{key}' must be >= 0, found {getattr(cfg.train, key)}")
+    if cfg.train.task_weight <= 0:
+        raise ConfigError(f"config: 'train.task_weight' must be > 0, found {cfg.train.task_weight}")
     if cfg.train.mask_window < 2:
         raise ConfigError(f"config: 'train.mask_window' must be >= 2, found {cfg.train.mask_window}")
     if cfg.train.examples is not None and cfg.train.examples < 1:

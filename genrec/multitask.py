@@ -17,6 +17,7 @@ from __future__ import annotations
 import random
 
 from genrec.data.splits import Example, Split
+from genrec.encoding import IGNORE_INDEX
 
 TASKS = ("masked_item", "item_from_text")
 
@@ -40,6 +41,15 @@ def masked_item_examples(split: Split, per_interaction: float, window: int, seed
         items = tuple(part[start: start + window])
         out.append(Example(user, items, part[t], task="masked_item", masked=t - start))
     return out
+
+
+def label_weights(labels: list[int], base: list[float] | None, task: str | None, task_weight: float) -> list[float]:
+    """Per-label loss weights of a training row: ``base`` (e.g. popularity weights; None = 1 per label) times
+    train.task_weight when the row is a self-supervised task example. A batch of task examples carries a
+    label or so per row against hundreds per sequence window, so at weight 1 its few labels move the
+    shared weights as much as a whole batch of windows."""
+    row = base if base is not None else [0.0 if tok == IGNORE_INDEX else 1.0 for tok in labels]
+    return [w * task_weight for w in row] if task is not None else list(row)
 
 
 def item_from_text_examples(split: Split, per_item: float, seed: int) -> list[Example]:

@@ -32,6 +32,7 @@ from genrec.encoding import IGNORE_INDEX, tokenized_dataset
 from genrec.errors import CheckpointError, ConfigError, DataError
 from genrec.evaluation import evaluation_users, period_start, rank_users, score
 from genrec.modeling import attach_adapter, resolve_dtype
+from genrec.multitask import label_weights
 from genrec.pointwise import evaluation_examples, pointwise_metrics, roc_auc
 from genrec.preference import SoftmaxDPO
 from genrec.popularity import training_weights
@@ -139,6 +140,11 @@ def main(argv: list[str]) -> None:
     levels = candidate_levels(setup, candidates)
     # train.target_weighting (None = plain mean); with atomic ids a label token names its item
     weights = training_weights(cfg, setup.split, setup.item_tokens if setup.codes is None else None)
+    task_weight = cfg.train.task_weight
+
+    def row_weights(labels: list[int], target: int, task: str | None) -> list[float]:
+        return label_weights(labels, weights.row(labels, target) if weights else None, task, task_weight)
+
     alpha = cfg.train.counterfactual_alpha
     null_history = NullHistory(setup.encoder, cfg.train.objective)
 
@@ -247,10 +253,10 @@ def main(argv: list[str]) -> None:
         for micro in range(cfg.train.grad_accum):
             rows = data[batches[within * cfg.train.grad_accum + micro]]
             indices = batches[within * cfg.train.grad_accum + micro]
-            rows = [{"input_ids": i, "labels": l, "user_id": u, **({"weights": weights.row(l, t)} if weights else {}),
-                     **(preference.attach(row) if preference else {})}
-                    for i, l, t, u, row in zip(rows["input_ids"], rows["labels"], rows["target"], rows["user_id"],
-                                               indices)]
+            rows = [{"input_ids": i, "labels": l, "user_id": u, **(preference.attach(row) if preference else {}),
+                     **({"weights": row_weights(l, t, task)} if weights or task_weight != 1.0 else {})}
+                    for i, l, t, u, task, row in zip(rows["input_ids"], rows["labels"], rows["target"],
+                                                     rows["user_id"], rows["task"], indices)]
             batch = collate(rows, setup.tokenizer.pad_token_id)
             null_batch = null_history.batch(rows, setup.tokenizer.pad_token_id) if alpha else None
             last = micro == cfg.train.grad_accum - 1

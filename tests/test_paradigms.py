@@ -328,7 +328,8 @@ def test_masked_item_prompt_must_hide_the_item(toy_split):
 
 def test_multitask_examples_train_the_item_token_only(tiny_overrides):
     overrides = _atomic(tiny_overrides) + [f"prompt.template={REPO / 'prompts' / 'next_item_atomic_multitask.yaml'}",
-                                           "train.mix_masked_item=0.2", "train.mix_item_from_text=1", "train.mask_window=4"]
+                                           "train.mix_masked_item=0.2", "train.mix_item_from_text=1", "train.mask_window=4",
+                                           "train.task_weight=0.1"]
     setup = prepare(load_config(None, overrides))
     examples = setup.training_examples()
     tasks = [ex.task for ex in examples]
@@ -395,3 +396,12 @@ def test_rating_baselines_use_training_ratings_only():
     # user means 4.5 (a) vs 1.5 (b): the liked example scores lower -> AUC 0; the test items were never
     # trained on (both get the overall mean 3.0): a tie -> 0.5. The held-out ratings (1, 5) are never read.
     assert got == {"user_mean_rating": 0.0, "item_mean_rating": 0.5}
+
+
+def test_task_examples_are_weighted_by_task_weight():
+    from genrec.multitask import label_weights
+
+    labels = [-100, -100, 7]
+    assert label_weights(labels, None, "masked_item", 0.1) == [0.0, 0.0, 0.1]
+    assert label_weights(labels, None, None, 0.1) == [0.0, 0.0, 1.0]  # next-item rows keep their weight
+    assert label_weights(labels, [0.0, 0.0, 2.0], "item_from_text", 0.5) == [0.0, 0.0, 1.0]
