@@ -19,8 +19,6 @@ import random
 from genrec.data.splits import Example, Split
 from genrec.encoding import IGNORE_INDEX
 
-TASKS = ("masked_item", "item_from_text")
-
 
 def masked_item_examples(split: Split, per_interaction: float, window: int, seed: int,
                          targets: dict[str, tuple[int, int]] | None = None) -> list[Example]:

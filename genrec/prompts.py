@@ -50,7 +50,7 @@ from genrec.data.splits import Example
 from genrec.errors import TemplateError, suggest
 
 KNOWN_KEYS = ("name", "description", "system", "prompt", "completion", "rationale", "explanation", "answers", "tasks")
-TASK_KEYS = ("masked_item", "item_from_text")  # genrec.multitask.TASKS
+TASK_KEYS = ("masked_item", "item_from_text")  # the self-supervised tasks of genrec.multitask
 LINE_KEYS = ("rationale", "explanation")  # one-line parts the model writes around the completion
 REQUIRED_KEYS = ("name", "prompt", "completion")
 _ENV = ImmutableSandboxedEnvironment(  # templates may read the catalog, never change it

@@ -251,8 +251,8 @@ def main(argv: list[str]) -> None:
             epoch_cache = {epoch: epoch_batches(lengths, cfg.train.batch_size, cfg.run.seed, epoch)[: per_rank * world][rank::world]}
         batches = epoch_cache[epoch]
         for micro in range(cfg.train.grad_accum):
-            rows = data[batches[within * cfg.train.grad_accum + micro]]
             indices = batches[within * cfg.train.grad_accum + micro]
+            rows = data[indices]
             rows = [{"input_ids": i, "labels": l, "user_id": u, **(preference.attach(row) if preference else {}),
                      **({"weights": row_weights(l, t, task)} if weights or task_weight != 1.0 else {})}
                     for i, l, t, u, task, row in zip(rows["input_ids"], rows["labels"], rows["target"],

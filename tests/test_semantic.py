@@ -258,7 +258,8 @@ def test_identifier_benchmark_kinds_are_valid_configs():
     for kind, overrides in KINDS.items():
         cfg = load_config(str(REPO / BASE), [f"prompt.template={REPO}/" + o.split("=", 1)[1] if o.startswith("prompt.template=")
                                              else o for o in overrides])
-        assert cfg.items.identifier == ("semantic" if kind == "collaborative" else kind)
+        assert cfg.items.identifier == {"collaborative": "semantic", "sequential": "id"}.get(kind, kind)
+        assert cfg.items.id_order == ("sequential" if kind == "sequential" else "original")
         assert cfg.train.objective == "sequence"
         assert cfg.train.batch_size * cfg.train.grad_accum == 16  # the same updates for every kind
 
