@@ -142,12 +142,15 @@ def rating_baselines(split: Split, examples: list[Example]) -> dict[str, float]:
     return {"user_mean_rating": roc_auc(users, labels), "item_mean_rating": roc_auc(items, labels)}
 
 
-def pointwise_metrics(model, encoder, examples: list[Example], batch_size: int = 8) -> tuple[dict, list[float]]:
-    """AUC (and the share of likes, i.e. the AUC-free base rate) over labelled examples, with each score."""
+def sharded_scores(accelerator, model, encoder, examples: list[Example], batch_size: int = 8) -> list[float]:
+    """The yes/no score of every example: each process scores examples[rank::world] and every process
+    gets all of them back, in example order."""
     yes_id, no_id = answer_token_ids(encoder)
-    prompts = [encoder.prompt_ids(ex) for ex in examples]
-    scores = preference_scores(model, prompts, yes_id, no_id, encoder.tokenizer.pad_token_id, batch_size)
-    labels = [bool(ex.label) for ex in examples]
-    metrics = {"auc": roc_auc(scores, labels), "examples": len(examples), "like_rate": float(np.mean(labels)),
-               "accuracy@0": float(np.mean([(s > 0) == y for s, y in zip(scores, labels)]))}
-    return metrics, scores
+    rank, world = accelerator.process_index, accelerator.num_processes
+    prompts = [encoder.prompt_ids(ex) for ex in examples[rank::world]]
+    with accelerator.autocast():
+        mine = preference_scores(model, prompts, yes_id, no_id, encoder.tokenizer.pad_token_id, batch_size)
+    scores = [0.0] * len(examples)
+    for r, part in enumerate(accelerator.gather_for_metrics([mine], use_gather_object=True)):
+        scores[r::world] = part
+    return scores

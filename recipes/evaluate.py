@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from genrec.config import load_config, parse_cli
 from genrec.evaluation import baseline_metrics, evaluation_users, period_start, protocol, rank_users, score
 from genrec.modeling import resolve_dtype
-from genrec.pointwise import evaluation_examples, pointwise_metrics, rating_baselines, roc_auc
+from genrec.pointwise import evaluation_examples, rating_baselines, roc_auc, sharded_scores
 from genrec.rationale import RationaleBuilder, rationale_metrics
 from genrec.recommender import Recommender
 from genrec.runtime import make_accelerator, run, set_threads, setup_logging
@@ -37,14 +37,9 @@ def evaluate_pointwise(cfg, accelerator, recommender, users: list[str], checkpoi
     """Pointwise templates: AUC of log p(yes) - log p(no) over the users' held-out rated interactions."""
     setup, split = recommender.setup, recommender.setup.split
     asked = evaluation_examples(split, users, cfg.eval.split, cfg.data.max_history, cfg.data.like_threshold)
-    rank, world = accelerator.process_index, accelerator.num_processes
     start = time.time()
-    with accelerator.autocast():
-        _, mine = pointwise_metrics(recommender.model, setup.encoder, asked[rank::world], cfg.decode.batch_users)
+    scores = sharded_scores(accelerator, recommender.model, setup.encoder, asked, cfg.decode.batch_users)
     elapsed = time.time() - start
-    scores = [0.0] * len(asked)
-    for r, part in enumerate(accelerator.gather_for_metrics([mine], use_gather_object=True)):
-        scores[r::world] = part
     if not accelerator.is_main_process:
         return {}
     labels = [bool(ex.label) for ex in asked]

@@ -33,7 +33,7 @@ from genrec.errors import CheckpointError, ConfigError, DataError
 from genrec.evaluation import evaluation_users, period_start, rank_users, score
 from genrec.modeling import attach_adapter, resolve_dtype
 from genrec.multitask import label_weights
-from genrec.pointwise import evaluation_examples, pointwise_metrics, roc_auc
+from genrec.pointwise import evaluation_examples, roc_auc, sharded_scores
 from genrec.preference import SoftmaxDPO
 from genrec.popularity import training_weights
 from genrec.recommender import Recommender, prepare
@@ -215,12 +215,8 @@ def main(argv: list[str]) -> None:
         if setup.template.answers:
             asked = evaluation_examples(setup.split, validation_users, "valid", cfg.data.max_history,
                                         cfg.data.like_threshold)
-            with accelerator.autocast():
-                _, mine = pointwise_metrics(net, setup.encoder, asked[rank::world], cfg.decode.batch_users)
+            scores = sharded_scores(accelerator, net, setup.encoder, asked, cfg.decode.batch_users)
             net.train()
-            scores = [0.0] * len(asked)
-            for r, part in enumerate(accelerator.gather_for_metrics([mine], use_gather_object=True)):
-                scores[r::world] = part
             return roc_auc(scores, [bool(ex.label) for ex in asked])
         rec = Recommender(net, setup)
         mine = rank_users(rec, validation_users, "valid", 10, rank, world)
