@@ -2,7 +2,7 @@
 recipes, trained with the same budget and decoded with interventions chosen on validation.
 
     .venv/bin/python benchmarks/causal.py [--epochs 4] [--seed 42] [--retrain] [--out runs/causal]
-        [--systems sft deconfounded counterfactual reason] [--reason-epochs N]
+        [--systems sft deconfounded deconfounded_prior counterfactual reason] [--reason-epochs N]
         [--gammas 0 0.25 0.5 0.75 1] [--penalties -0.1 -0.2 -0.3] [--lambdas 0.25 0.5] [--set KEY=VALUE ...]
 
 Recipes (configs in recipes/configs/ml100k/, trained or loaded from ``<out>/<system>/``, all for
@@ -11,6 +11,9 @@ Recipes (configs in recipes/configs/ml100k/, trained or loaded from ``<out>/<sys
 - ``deconfounded``: the same with each target's loss weighted by its clipped inverse training
   popularity (PD); decoded at each gamma of ``--gammas`` (decode.popularity_gamma, the popularity
   prior inside the trie; gamma = 0 is pure deconfounding, PD);
+- ``deconfounded_prior``: smollm2_atomic_pd.yaml, PD's popularity term inside training instead of
+  weights (train.popularity_prior: the item softmax is trained on logit + log(count + 1)); decoded at
+  each gamma of ``--gammas`` like ``deconfounded`` (gamma = 1 adds back what training explained away);
 - ``counterfactual``: the same with the counterfactual loss term (train.counterfactual_alpha);
   decoded plain and with contrastive decoding at each lambda of ``--lambdas``;
 - ``reason``: smollm2_reason.yaml (a rationale line from the history, then the item; prompt → target
@@ -31,7 +34,8 @@ intervened test (users resampled proportionally to 1 / propensity), HR@10 per ta
 quintile, ARP@10, tail share and, for sft and counterfactual, the history-reliance gap: test NDCG@10
 with the user's own history minus with another user's (a seeded derangement; own seen items
 still excluded).
-Last line: JSON {"sft": {...}, "deconfounded": {...}, "deconfounded_pd": {...}, "counterfactual": {...},
+Last line: JSON {"sft": {...}, "deconfounded": {...}, "deconfounded_pd": {...}, "deconfounded_prior": {...},
+"deconfounded_prior_pd": {...}, "counterfactual": {...},
 "sft_penalty": {...}, "reason_item_only": {...}, "reason": {...}, "reason_swapped": {...},
 "popularity": {...}, "chosen": {...}, "relative": {...}, ...}.
 """
@@ -61,6 +65,7 @@ from genrec.runtime import make_accelerator, set_threads  # noqa: E402
 
 CONFIGS = REPO / "recipes" / "configs" / "ml100k"
 RECIPES = {"sft": CONFIGS / "smollm2_atomic.yaml", "deconfounded": CONFIGS / "smollm2_atomic_deconfounded.yaml",
+           "deconfounded_prior": CONFIGS / "smollm2_atomic_pd.yaml",
            "counterfactual": CONFIGS / "smollm2_atomic_counterfactual.yaml",
            "reason": CONFIGS / "smollm2_reason.yaml", "reason_item_only": CONFIGS / "smollm2_reason.yaml"}
 RECIPE_OVERRIDES = {"reason_item_only": [f"prompt.template={REPO / 'prompts' / 'next_item_atomic.yaml'}"]}
@@ -152,8 +157,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--retrain", action="store_true", help="train again even where outputs exist")
     parser.add_argument("--out", default="runs/causal")
-    parser.add_argument("--systems", nargs="+", default=["sft", "deconfounded", "counterfactual", "reason"],
-                        choices=["sft", "deconfounded", "counterfactual", "reason"])
+    parser.add_argument("--systems", nargs="+",
+                        default=["sft", "deconfounded", "deconfounded_prior", "counterfactual", "reason"],
+                        choices=["sft", "deconfounded", "deconfounded_prior", "counterfactual", "reason"])
     parser.add_argument("--reason-epochs", type=float, default=None,
                         help="epochs of the two reason recipes (default: their config's)")
     parser.add_argument("--gammas", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
@@ -168,6 +174,7 @@ def main() -> None:
     seconds, models, valid = {}, {}, {}
     grids = {"sft": [("gamma", 0.0)] + [("gamma", g) for g in args.penalties],
              "deconfounded": [("gamma", g) for g in sorted(set([0.0] + args.gammas))],
+             "deconfounded_prior": [("gamma", g) for g in sorted(set([0.0] + args.gammas))],
              "counterfactual": [("lambda", 0.0)] + [("lambda", v) for v in args.lambdas]}
     reasoning = "reason" in args.systems
     systems = [n for n in args.systems if n != "reason"] + (["reason_item_only", "reason"] if reasoning else [])
@@ -192,6 +199,9 @@ def main() -> None:
     if "deconfounded" in args.systems:
         plan["deconfounded_pd"] = ("deconfounded", ("gamma", 0.0))
         plan["deconfounded"] = ("deconfounded", choose(valid["deconfounded"], reference))
+    if "deconfounded_prior" in args.systems:
+        plan["deconfounded_prior_pd"] = ("deconfounded_prior", ("gamma", 0.0))
+        plan["deconfounded_prior"] = ("deconfounded_prior", choose(valid["deconfounded_prior"], reference))
     if "counterfactual" in args.systems:
         plan["counterfactual"] = ("counterfactual", choose(valid["counterfactual"], reference))
 

@@ -104,6 +104,7 @@ class TrainConfig:
     target_weighting: str = "none"  # none | inverse_popularity: weight each target's loss by its clipped inverse training popularity (deconfounding)
     weight_power: float = 1.0  # inverse_popularity: weight = (count + 1) ** -weight_power, scaled to mean 1 over training interactions
     weight_clip: float = 10.0  # inverse_popularity: cap on a target's weight
+    popularity_prior: float = 0.0  # > 0 (atomic ids, item softmax): train on logits + this * log(training count + 1), PD's popularity term, so the model's own scores leave popularity out (decode.popularity_gamma adds it back)
     counterfactual_alpha: float = 0.0  # > 0: add alpha * CE(logits - logits with the history replaced by a null one) (counterfactual fine-tuning)
     weight_decay: float = 0.0
     scheduler: str = "cosine"  # cosine | linear | constant
@@ -402,6 +403,10 @@ def validate(cfg: Config) -> None:
             cfg.train.target_weighting != "none":
         raise ConfigError("config: train.target_weighting weighs each item's token, which needs one token per item: "
                           "use items.identifier=atomic, or train.objective=target")
+    if cfg.train.popularity_prior and not (cfg.items.identifier == "atomic" and cfg.train.item_softmax
+                                           and cfg.train.loss == "ce"):
+        raise ConfigError("config: train.popularity_prior adds a popularity term to each item's logit in the item "
+                          "softmax, which needs items.identifier=atomic, train.item_softmax=true and train.loss=ce")
     if cfg.items.identifier == "semantic" and cfg.train.counterfactual_alpha:
         raise ConfigError("config: train.counterfactual_alpha compares whole-item logits, which semantic ids split "
                           "over several codes; use items.identifier=atomic")
@@ -425,6 +430,7 @@ def validate(cfg: Config) -> None:
                           f"trainable_token_indices, which adapter.method={cfg.adapter.method} lacks; use lora or dora")
     for key, val, low in (("train.weight_power", cfg.train.weight_power, 0.0),
                           ("train.counterfactual_alpha", cfg.train.counterfactual_alpha, 0.0),
+                          ("train.popularity_prior", cfg.train.popularity_prior, 0.0),
                           ("train.weight_clip", cfg.train.weight_clip, 1.0), ("eval.ips_clip", cfg.eval.ips_clip, 1.0)):
         if val < low:
             raise ConfigError(f"config: '{key}' must be >= {low:g}, found {val}")

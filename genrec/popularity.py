@@ -6,6 +6,9 @@ change a weight, a prior or a propensity.
 
 - Training (deconfounding, PD-style): each target's loss is weighted by its clipped inverse
   popularity, so the model is not rewarded for "recommend what is popular".
+- Training with the popularity term (PD proper, ``train.popularity_prior``): the item softmax is
+  trained on ``logit + beta * log pop(item)``, so popularity is explained by that fixed term and the
+  model's own logits are left with the rest; decoding them alone (gamma = 0) is deconfounded.
 - Decoding (adjustment, PDA-style): ``ItemIndex.log_mass`` gives each trie node the log of the
   popularity mass under it; adding ``gamma * (log W(child) - log W(node))`` at every step sums
   over an item's path to exactly ``gamma * log pop(item) - gamma * log W(root)``.
@@ -34,6 +37,15 @@ def inverse_popularity_weights(popularity: np.ndarray, power: float = 1.0, clip:
     total = pop.sum()
     mean = (raw * pop).sum() / total if total else raw.mean()
     return np.minimum(raw / mean, clip)
+
+
+def candidate_prior(popularity: np.ndarray, item_tokens: list[int], candidates, strength: float):
+    """``strength * log(count + 1)`` of each candidate token's item, in ``candidates``' order (the
+    columns of the item softmax): the popularity term added to the logits while training."""
+    import torch
+
+    log_pop = dict(zip(item_tokens, np.log(smoothed(popularity))))
+    return torch.tensor([strength * log_pop[int(tok)] for tok in candidates], dtype=torch.float32)
 
 
 class TargetWeights:

@@ -99,7 +99,8 @@ def label_logits(model, batch: dict[str, torch.Tensor], candidates: torch.Tensor
 
 def completion_loss(model, batch: dict[str, torch.Tensor], candidates: torch.Tensor | None = None,
                     null_batch: dict[str, torch.Tensor] | None = None, alpha: float = 0.0,
-                    groups: torch.Tensor | None = None, preference=None) -> torch.Tensor:
+                    groups: torch.Tensor | None = None, preference=None,
+                    prior: torch.Tensor | None = None) -> torch.Tensor:
     """Mean cross-entropy over completion tokens, computing logits only where a label exists.
 
     ``candidates`` (sorted token ids): the softmax runs over these tokens only — the atomic item tokens,
@@ -109,12 +110,14 @@ def completion_loss(model, batch: dict[str, torch.Tensor], candidates: torch.Ten
     counterfactual term ``alpha * CE(logits - null logits)`` is added, the null logits coming from
     ``null_batch`` (``genrec.counterfactual.NullHistory``: one row per row, or one row for all).
     ``preference`` (``genrec.preference.SoftmaxDPO``, with ``negatives``/``reference`` in the batch)
-    replaces the cross-entropy by its contrastive loss."""
+    replaces the cross-entropy by its contrastive loss. ``prior`` (one value per candidate, e.g.
+    ``genrec.popularity.candidate_prior``) is added to the logits of the cross-entropy, not to the
+    counterfactual difference (it would cancel there)."""
     logits, targets = label_logits(model, batch, candidates, groups)
     if preference is not None:
         return preference.loss(logits, targets, batch)
     weights = batch["loss_weights"][:, 1:][batch["loss_positions"][:, :-1]] if "loss_weights" in batch else None
-    loss = _cross_entropy(logits, targets, weights)
+    loss = _cross_entropy(logits if prior is None else logits + prior.to(logits.device), targets, weights)
     if alpha:
         null_logits, _ = label_logits(model, null_batch, candidates)
         loss = loss + alpha * _cross_entropy(logits - null_logits, targets, weights)
@@ -142,7 +145,8 @@ def candidate_logits(model, inputs: dict, keep: torch.Tensor, candidates: torch.
 
 def training_loss(model, batch: dict[str, torch.Tensor], autocast, mixed: bool,
                   candidates: torch.Tensor | None = None, null_batch: dict | None = None, alpha: float = 0.0,
-                  groups: torch.Tensor | None = None, preference=None) -> torch.Tensor:
+                  groups: torch.Tensor | None = None, preference=None,
+                  prior: torch.Tensor | None = None) -> torch.Tensor:
     """``completion_loss`` under the run's mixed precision (``autocast``: a context manager).
 
     With ``mixed`` the adapter layers compute in the autocast dtype too: by default peft casts each
@@ -153,7 +157,7 @@ def training_loss(model, batch: dict[str, torch.Tensor], autocast, mixed: bool,
     from peft.helpers import disable_input_dtype_casting
 
     with autocast, disable_input_dtype_casting(model, active=mixed):
-        return completion_loss(model, batch, candidates, null_batch, alpha, groups, preference)
+        return completion_loss(model, batch, candidates, null_batch, alpha, groups, preference, prior)
 
 
 def peak_rss_mb() -> float:

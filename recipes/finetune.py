@@ -35,7 +35,7 @@ from genrec.modeling import attach_adapter, resolve_dtype
 from genrec.multitask import label_weights
 from genrec.pointwise import evaluation_examples, roc_auc, sharded_scores
 from genrec.preference import SoftmaxDPO
-from genrec.popularity import training_weights
+from genrec.popularity import candidate_prior, training_weights
 from genrec.recommender import Recommender, prepare
 from genrec.runtime import make_accelerator, run, set_threads, setup_logging
 from genrec.training import (STATE_DIR, MetricsLog, checkpoint_dirs, collate, epoch_batches, load_training_state,
@@ -141,6 +141,8 @@ def main(argv: list[str]) -> None:
     # train.target_weighting (None = plain mean); with atomic ids a label token names its item
     weights = training_weights(cfg, setup.split, setup.item_tokens if setup.codes is None else None)
     task_weight = cfg.train.task_weight
+    prior = (candidate_prior(setup.split.train_popularity(), setup.item_tokens, candidates, cfg.train.popularity_prior)
+             if cfg.train.popularity_prior else None)
 
     def row_weights(labels: list[int], target: int, task: str | None) -> list[float]:
         return label_weights(labels, weights.row(labels, target) if weights else None, task, task_weight)
@@ -258,7 +260,7 @@ def main(argv: list[str]) -> None:
             last = micro == cfg.train.grad_accum - 1
             with accelerator.no_sync(model) if not last else contextlib.nullcontext():
                 loss = training_loss(model, batch, accelerator.autocast(), mixed, candidates, null_batch,
-                                     alpha, levels, preference) / cfg.train.grad_accum
+                                     alpha, levels, preference, prior) / cfg.train.grad_accum
                 accelerator.backward(loss)
             window_loss += loss.item()
             window_tokens += int(batch["attention_mask"].sum())

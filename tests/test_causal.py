@@ -20,7 +20,8 @@ from genrec.data.splits import Example, Split
 from genrec.decoding import constrained_topk, score_items
 from genrec.encoding import IGNORE_INDEX
 from genrec.errors import ConfigError
-from genrec.popularity import TargetWeights, inverse_popularity_weights, smoothed, training_weights
+from genrec.popularity import (TargetWeights, candidate_prior, inverse_popularity_weights, smoothed,
+                               training_weights)
 from genrec.recommender import prepare
 from genrec.training import collate, completion_loss
 
@@ -92,6 +93,38 @@ def test_weighted_loss_is_the_weighted_mean_of_token_cross_entropies(tiny_model_
                 torch.tensor(r["labels"][1:]) != -100].tolist()
     assert weighted == pytest.approx((3 * per_token[0] + 3 * per_token[1] + 0.5 * per_token[2]) / 3, rel=1e-5)
     assert weighted != pytest.approx(plain, rel=1e-3)
+
+
+def test_candidate_prior_is_the_scaled_log_smoothed_count_of_each_columns_item():
+    # item 0 -> token 102, item 1 -> 100, item 2 -> 101; the softmax columns are the sorted tokens
+    prior = candidate_prior(np.array([0, 1, 3]), [102, 100, 101], torch.tensor([100, 101, 102]), strength=0.5)
+    assert prior.tolist() == pytest.approx([0.5 * math.log(2), 0.5 * math.log(4), 0.5 * math.log(1)])
+
+
+def test_popularity_prior_is_added_to_the_item_softmax_logits(tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
+    candidates = torch.tensor([9, 10, 14, 20, 21])
+    rows = [{"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, -100, -100, 9, 10]},
+            {"input_ids": [11, 12, 13, 14], "labels": [-100, -100, -100, 14]}]
+    prior = torch.tensor([2.0, -1.0, 0.5, 3.0, 0.0])
+    with torch.no_grad():
+        batch = collate(rows, pad_id=0)
+        plain = completion_loss(model, batch, candidates).item()
+        adjusted = completion_loss(model, batch, candidates, prior=prior).item()
+        # a constant shift of every logit leaves a softmax alone
+        assert completion_loss(model, batch, candidates, prior=torch.full((5,), 4.0)).item() == pytest.approx(plain)
+        logits, targets = [], []
+        for r in rows:
+            full = model(input_ids=torch.tensor([r["input_ids"]])).logits[0, :-1][:, candidates]
+            keep = torch.tensor(r["labels"][1:]) != -100
+            logits.append(full[keep])
+            targets += [int(torch.searchsorted(candidates, torch.tensor(t))) for t in r["labels"][1:] if t != -100]
+    by_hand = torch.cat(logits), torch.tensor(targets)
+    assert plain == pytest.approx(F.cross_entropy(*by_hand).item(), rel=1e-5)
+    assert adjusted == pytest.approx(F.cross_entropy(by_hand[0] + prior, by_hand[1]).item(), rel=1e-5)
+    assert adjusted != pytest.approx(plain, rel=1e-3)
 
 
 # ---- decoding prior ----------------------------------------------------------------------------------------
@@ -192,6 +225,8 @@ def test_intervened_test_favours_users_with_rare_targets():
     ("train.weight_power=-1", "train.weight_power"),
     ("eval.ips_clip=0", "eval.ips_clip"),
     ("train.target_weighting=inverse", "inverse_popularity"),
+    ("train.popularity_prior=-1", "train.popularity_prior"),
+    ("train.popularity_prior=1", "items.identifier=atomic"),  # the default identifier is titles
 ])
 def test_bad_causal_settings_are_named(toy_data_dir, override, message):
     with pytest.raises(ConfigError, match=message):
@@ -230,11 +265,13 @@ def test_causal_benchmark_trains_both_recipes_and_picks_gamma_on_validation(tiny
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    for label in ("sft", "deconfounded", "deconfounded_pd", "counterfactual", "sft_penalty", "popularity"):
+    for label in ("sft", "deconfounded", "deconfounded_pd", "deconfounded_prior", "deconfounded_prior_pd",
+                  "counterfactual", "sft_penalty", "popularity"):
         assert 0 <= result[label]["debiased_ndcg@10"] <= 1
         assert result[label]["debiased_ndcg@10"] == result[label]["snips_ndcg@10"]
     grid = result["valid_grid"]
     assert set(grid["deconfounded"]) == {"gamma=+0.00", "gamma=+1.00", "gamma=+3.00"}
+    assert set(grid["deconfounded_prior"]) == {"gamma=+0.00", "gamma=+1.00", "gamma=+3.00"}
     assert set(grid["sft"]) == {"gamma=+0.00", "gamma=-1.00"}
     assert set(grid["counterfactual"]) == {"lambda=+0.00", "lambda=+0.50"}
     # the chosen setting follows the rule on the validation grid
@@ -246,6 +283,7 @@ def test_causal_benchmark_trains_both_recipes_and_picks_gamma_on_validation(tiny
     assert result["relative"]["deconfounded"]["ndcg@10"] == pytest.approx(
         result["deconfounded"]["ndcg@10"] / result["sft"]["ndcg@10"] - 1, abs=2e-3)
     assert result["deconfounded_pd"]["gamma"] == 0.0 and "lambda" in result["counterfactual"]
+    assert result["deconfounded_prior_pd"]["gamma"] == 0.0 and "gamma" in result["chosen"]["deconfounded_prior"]
     # own history vs another user's: reported for the rows that claim to use the history
     for label in ("sft", "counterfactual"):
         assert -1 <= result[label]["history_reliance_gap"] <= 1
@@ -257,11 +295,15 @@ def test_causal_benchmark_trains_both_recipes_and_picks_gamma_on_validation(tiny
     assert result["reason"]["swap_drop_ndcg@10"] == pytest.approx(
         result["reason"]["ndcg@10"] - result["reason_swapped"]["ndcg@10"], abs=2e-4)
     trained_with = {name: yaml.safe_load((tmp_path / "c" / name / "config.yaml").read_text())["train"]
-                    for name in ("sft", "deconfounded", "counterfactual", "reason", "reason_item_only")}
+                    for name in ("sft", "deconfounded", "deconfounded_prior", "counterfactual", "reason",
+                                 "reason_item_only")}
     assert trained_with["sft"]["target_weighting"] == trained_with["counterfactual"]["target_weighting"] == "none"
     assert trained_with["deconfounded"]["target_weighting"] == "inverse_popularity"
+    assert trained_with["deconfounded_prior"]["popularity_prior"] == 1.0
+    assert trained_with["deconfounded_prior"]["target_weighting"] == trained_with["sft"]["target_weighting"]
+    assert trained_with["sft"]["popularity_prior"] == trained_with["deconfounded"]["popularity_prior"] == 0
     assert trained_with["sft"]["counterfactual_alpha"] == 0 and trained_with["counterfactual"]["counterfactual_alpha"] > 0
-    assert {trained_with[n]["epochs"] for n in ("sft", "deconfounded", "counterfactual")} == {1.0}
+    assert {trained_with[n]["epochs"] for n in ("sft", "deconfounded", "deconfounded_prior", "counterfactual")} == {1.0}
     assert trained_with["reason"]["epochs"] == trained_with["reason_item_only"]["epochs"] == 2.0  # their config's
 
 
