@@ -302,6 +302,10 @@ def test_causal_benchmark_trains_both_recipes_and_picks_gamma_on_validation(tiny
     assert trained_with["deconfounded_prior"]["popularity_prior"] == 1.0
     assert trained_with["deconfounded_prior"]["target_weighting"] == trained_with["sft"]["target_weighting"]
     assert trained_with["sft"]["popularity_prior"] == trained_with["deconfounded"]["popularity_prior"] == 0
+    # same seed, data order and starting weights: the first step's loss differs only by the popularity term
+    first = {name: next(json.loads(x)["loss"] for x in (tmp_path / "c" / name / "metrics.jsonl").read_text().splitlines()
+                        if "loss" in json.loads(x)) for name in ("sft", "deconfounded_prior")}
+    assert first["deconfounded_prior"] != pytest.approx(first["sft"], rel=1e-3)
     assert trained_with["sft"]["counterfactual_alpha"] == 0 and trained_with["counterfactual"]["counterfactual_alpha"] > 0
     assert {trained_with[n]["epochs"] for n in ("sft", "deconfounded", "deconfounded_prior", "counterfactual")} == {1.0}
     assert trained_with["reason"]["epochs"] == trained_with["reason_item_only"]["epochs"] == 2.0  # their config's
