@@ -1,8 +1,8 @@
 """Quality on ml-100k: the genrec LLM recipe vs SASRec vs most-popular-unseen, same harness.
 
     .venv/bin/python benchmarks/quality.py [--seeds 42 43 44] [--retrain]
-        [--genrec-config recipes/configs/ml100k/smollm2_atomic.yaml]
-        [--sasrec-config recipes/configs/ml100k/sasrec.yaml] [--out runs/quality] [--set KEY=VALUE ...]
+        [--genrec-config recipes/configs/ml100k/smollm2_atomic_ensemble.yaml]
+        [--sasrec-config recipes/configs/ml100k/sasrec.yaml] [--out runs/quality_ens] [--set KEY=VALUE ...]
 
 Per seed, each system is trained by its own recipe (recipes/finetune.py + recipes/evaluate.py
 for genrec, recipes/sasrec.py for SASRec) into ``<out>/seed-<s>/<system>/``, or loaded from there
@@ -11,7 +11,9 @@ when it was trained before (``--retrain`` trains again). All are evaluated on ev
 most-popular-unseen is scored by genrec's evaluate on the same users. Training time is the
 wall time of the training recipe (for SASRec it includes its few seconds of ranking), recorded
 next to its outputs so that a later load reports it. ``--set`` passes config overrides to every
-recipe (e.g. another data set).
+recipe (e.g. another data set). When the genrec recipe is an ensemble (train.ensemble > 1) its member 0
+is also evaluated alone (``decode.members=1``, into ``<out>/seed-<s>/genrec_single/``) and reported as
+``genrec_single``: the single-run recipe, smollm2_atomic.yaml.
 Last line: one JSON object with the mean (and std over seeds) of hit@10, ndcg@10, mrr@10 per
 system and the mean training minutes.
 """
@@ -61,6 +63,11 @@ def run_seed(seed: int, args) -> dict:
     if args.retrain or not (llm / "eval_results.json").is_file():
         recipe("evaluate", args.genrec_config, llm_args)
     llm_results = json.loads((llm / "eval_results.json").read_text())
+    single = root / "genrec_single"
+    if (llm / "adapter" / "ensemble.json").is_file():  # an ensemble (train.ensemble): its member 0 alone, too
+        if args.retrain or not (single / "eval_results.json").is_file():
+            recipe("evaluate", args.genrec_config,
+                   [f"run.output_dir={single}", f"run.checkpoint={llm / 'adapter'}", "decode.members=1", *common])
 
     sas_args = [f"run.output_dir={sas}", *common]
     sas_seconds = trained(sas, args.retrain, lambda: recipe("sasrec", args.sasrec_config, sas_args))
@@ -71,6 +78,8 @@ def run_seed(seed: int, args) -> dict:
     return {
         "users": llm_results["protocol"]["users"],
         "genrec": llm_results["metrics"],
+        **({"genrec_single": json.loads((single / "eval_results.json").read_text())["metrics"]}
+           if (llm / "adapter" / "ensemble.json").is_file() else {}),
         "sasrec": sas_results["metrics"],
         "popularity": llm_results["baselines"]["popularity"],
         "train_seconds": {"genrec": llm_seconds, "sasrec": sas_seconds},
@@ -90,9 +99,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[42])
     parser.add_argument("--retrain", action="store_true", help="train again even where outputs exist")
-    parser.add_argument("--genrec-config", default="recipes/configs/ml100k/smollm2_atomic.yaml")
+    parser.add_argument("--genrec-config", default="recipes/configs/ml100k/smollm2_atomic_ensemble.yaml")
     parser.add_argument("--sasrec-config", default="recipes/configs/ml100k/sasrec.yaml")
-    parser.add_argument("--out", default="runs/quality")
+    parser.add_argument("--out", default="runs/quality_ens")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every recipe")
     args = parser.parse_args()
     runs = [run_seed(seed, args) for seed in args.seeds]
@@ -100,6 +109,7 @@ def main() -> None:
     result = {
         "users": users.pop() if len(users) == 1 else sorted(users),
         "genrec": summarise(runs, "genrec"),
+        **({"genrec_single": summarise(runs, "genrec_single")} if all("genrec_single" in r for r in runs) else {}),
         "sasrec": summarise(runs, "sasrec"),
         "popularity": summarise(runs, "popularity"),
         "train_minutes": {s: round(statistics.fmean(r["train_seconds"][s] for r in runs) / 60, 2)

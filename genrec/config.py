@@ -121,6 +121,7 @@ class TrainConfig:
     halt_after_steps: int | None = None  # stop early as if interrupted (for time-boxed runs and resume tests)
     init_adapter: str | None = None  # start from this adapter folder's weights (incremental update; the reference of train.loss=softmax_dpo)
     examples: int | None = None  # train on a seeded sample of this many training examples (few-shot; null = all)
+    ensemble: int = 1  # > 1 (atomic ids): train this many members (seeds run.seed + 1000k) and rank by their mean log-probability (genrec.ensemble)
     loss: str = "ce"  # ce: cross-entropy on the completion | softmax_dpo: one positive vs train.negatives sampled items against the train.init_adapter reference (atomic ids)
     negatives: int = 16  # softmax_dpo: sampled negative items per target (uniform over items not in the training window)
     dpo_beta: float = 1.0  # softmax_dpo: inverse temperature of the log-ratio margins
@@ -139,6 +140,7 @@ class DecodeConfig:
     exclude_seen: bool = True  # never recommend items in the user's history (DESIGN §5)
     popularity_gamma: float = 0.0  # add gamma * log(training count + 1) of each item to its score, inside the trie (0 = off)
     contrastive_lambda: float = 0.0  # subtract lambda * log p(item | null history) from each item's score, inside the trie (0 = off)
+    members: int | None = None  # an ensemble checkpoint (train.ensemble): rank with its first N members only (null = all; 1 = member 0 alone)
     trie_normalize: bool = False  # renormalise each step over the trie node's children: score = log p(item | output is a catalog item)
 
 
@@ -452,6 +454,13 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config: 'train.task_weight' must be > 0, found {cfg.train.task_weight}")
     if cfg.train.mask_window < 2:
         raise ConfigError(f"config: 'train.mask_window' must be >= 2, found {cfg.train.mask_window}")
+    if cfg.train.ensemble < 1:
+        raise ConfigError(f"config: 'train.ensemble' must be >= 1 (members to train), found {cfg.train.ensemble}")
+    if cfg.decode.members is not None and cfg.decode.members < 1:
+        raise ConfigError(f"config: 'decode.members' must be >= 1 (or null for every member), found {cfg.decode.members}")
+    if cfg.train.ensemble > 1 and cfg.items.identifier != "atomic":
+        raise ConfigError(f"config: train.ensemble={cfg.train.ensemble} averages each item's log-probability over "
+                          "the members, which needs one token per item: use items.identifier=atomic")
     if cfg.train.examples is not None and cfg.train.examples < 1:
         raise ConfigError(f"config: 'train.examples' must be >= 1 (or null for all), found {cfg.train.examples}")
     if cfg.train.loss == "softmax_dpo":

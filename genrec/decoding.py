@@ -98,7 +98,7 @@ def _prior_never_rises(ptr: torch.Tensor, edge_child: torch.Tensor, prior: torch
     return bool((prior[edge_child] <= prior[parent] + 1e-6).all())
 
 
-def _left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(p) for p in prompts)
     ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -146,7 +146,7 @@ def constrained_topk(
     # exact early stopping needs scores that never rise along a path: a prior that only falls keeps that
     monotone = prior is None or _prior_never_rises(ptr, edge_child, prior)
 
-    ids, mask = _left_pad(prompts, pad_id, device)
+    ids, mask = left_pad(prompts, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     next_logp = NextTokenLogProbs(model)
     logp, cache = next_logp(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
@@ -228,7 +228,7 @@ def greedy_lines(model, prompts: list[list[int]], stop_tokens: torch.Tensor, max
     """Free greedy continuation of each prompt up to and including its first stop token (a newline), at most
     ``max_new_tokens``; a line that hits the limit is returned as is (the caller ends it)."""
     device = next(model.parameters()).device
-    ids, mask = _left_pad(prompts, pad_id, device)
+    ids, mask = left_pad(prompts, pad_id, device)
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                          num_beams=1, eos_token_id=stop_tokens.tolist(), pad_token_id=pad_id)
     stops = set(stop_tokens.tolist())

@@ -22,6 +22,7 @@ from genrec.counterfactual import null_node_prior
 from genrec.data.splits import Example, parse_time, training_examples
 from genrec.decoding import constrained_topk, greedy_lines
 from genrec.encoding import Encoder
+from genrec.ensemble import ensemble_topk, member_folders
 from genrec.errors import CheckpointError, ConfigError
 from genrec.evidence import EvidenceBuilder
 from genrec.explaining import explain
@@ -187,8 +188,9 @@ def checkpoint_template(cfg: Config, folder: Path | None) -> PromptTemplate | No
 
 
 class Recommender:
-    def __init__(self, model, setup: Setup):
+    def __init__(self, model, setup: Setup, members: list | None = None):
         self.model, self.setup = model, setup
+        self.members = members or [model]  # an ensemble ranks by all of them; ``model`` (the first) does the rest
         self.last_rationales: list[list[int]] = []  # reason-then-recommend: the lines of the last rank() call
 
     @classmethod
@@ -198,21 +200,24 @@ class Recommender:
         setup = prepare(cfg, checkpoint_template(cfg, folder), folder)
         if check is not None:
             check(setup)
-        if folder is not None:
-            info = read_info(folder)
+        if folder is None:
+            model = setup.load_model()
+            model.eval()
+            return cls(model, setup), folder
+        members = []
+        for member in member_folders(folder)[: cfg.decode.members]:  # one folder, or an ensemble's (genrec.ensemble)
+            info = read_info(member)
             if info.get("item_index") != setup.index.fingerprint:
                 raise CheckpointError(
-                    f"{folder}: the catalog or item identifiers changed since training (item index "
+                    f"{member}: the catalog or item identifiers changed since training (item index "
                     f"{info.get('item_index')} != {setup.index.fingerprint}); evaluate with the data/items config "
                     "the adapter was trained on"
                 )
-        model = setup.load_model()
-        if folder is not None:
-            model = load_adapter(model, folder)
+            model = load_adapter(setup.load_model(), member)
             if cfg.model.quantization == "none":
                 model = model.merge_and_unload()  # one matmul per layer at inference
-        model.eval()
-        return cls(model, setup), folder
+            members.append(model.eval())
+        return cls(members[0], setup, members), folder
 
     @functools.cached_property
     def popularity_log_mass(self):
@@ -252,12 +257,16 @@ class Recommender:
                 lines = rationales[lo: lo + dcfg.batch_users] if rationales is not None else self._rationales(batch)
                 self.last_rationales += lines
                 batch = [p + line for p, line in zip(batch, lines)]
-            out += constrained_topk(
-                self.model, batch, setup.index, k=k,
-                num_beams=max(dcfg.num_beams, k), excluded=excluded[lo: lo + dcfg.batch_users],
-                length_penalty=dcfg.length_penalty, pad_id=setup.tokenizer.pad_token_id,
-                node_prior=self.node_prior(), trie_normalize=dcfg.trie_normalize,
-            )
+            if len(self.members) > 1:
+                out += ensemble_topk(self.members, batch, setup.index, k, excluded[lo: lo + dcfg.batch_users],
+                                     setup.tokenizer.pad_token_id, self.node_prior())
+            else:
+                out += constrained_topk(
+                    self.model, batch, setup.index, k=k,
+                    num_beams=max(dcfg.num_beams, k), excluded=excluded[lo: lo + dcfg.batch_users],
+                    length_penalty=dcfg.length_penalty, pad_id=setup.tokenizer.pad_token_id,
+                    node_prior=self.node_prior(), trie_normalize=dcfg.trie_normalize,
+                )
             bar.update(len(batch))
         bar.close()
         return out

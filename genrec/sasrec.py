@@ -191,20 +191,25 @@ def fit(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, p: SASRecCon
 
 
 @torch.no_grad()
+def item_scores(model: SASRec, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+    """[histories, items]: the next-item logits after each history (its last ``max_len`` items), fp32."""
+    model.eval()
+    device = next(model.parameters()).device
+    seqs = [list(h)[-model.max_len:] for h in histories]
+    if any(not s for s in seqs):
+        raise ValueError("SASRec needs at least one history item to rank")
+    width = max(len(s) for s in seqs)
+    x = torch.tensor([[i + 1 for i in s] + [0] * (width - len(s)) for s in seqs], device=device)
+    last = torch.tensor([len(s) - 1 for s in seqs], device=device)
+    return model.scores(model(x)[torch.arange(len(seqs), device=device), last]).float()
+
+
 def rank(model: SASRec, histories: Sequence[Sequence[int]], excluded: Sequence[set[int]], k: int,
          batch: int = 512) -> list[list[tuple[int, float]]]:
     """Top-k (catalog index, score) per history over the whole catalog, minus each history's excluded items."""
-    model.eval()
-    device = next(model.parameters()).device
     out = []
     for lo in range(0, len(histories), batch):
-        seqs = [list(h)[-model.max_len:] for h in histories[lo: lo + batch]]
-        if any(not s for s in seqs):
-            raise ValueError("SASRec needs at least one history item to rank")
-        width = max(len(s) for s in seqs)
-        x = torch.tensor([[i + 1 for i in s] + [0] * (width - len(s)) for s in seqs], device=device)
-        last = torch.tensor([len(s) - 1 for s in seqs], device=device)
-        scores = model.scores(model(x)[torch.arange(len(seqs), device=device), last]).float()
+        scores = item_scores(model, histories[lo: lo + batch])
         for row, items in enumerate(excluded[lo: lo + batch]):
             if items:
                 scores[row, list(items)] = float("-inf")

@@ -108,7 +108,8 @@ def main(argv: list[str]) -> dict:
         "protocol": protocol(
             cfg, split, users, cfg.eval.split,
             model=cfg.model.name_or_path, model_path=str(recommender.setup.model_path),
-            adapter=str(checkpoint) if checkpoint else None, quantization=cfg.model.quantization,
+            adapter=str(checkpoint) if checkpoint else None, adapter_members=len(recommender.members),
+            quantization=cfg.model.quantization,
             dtype=str(resolve_dtype(cfg.model.dtype)).replace("torch.", ""),
             template=recommender.setup.template.source, template_sha256=recommender.setup.template.sha256,
             processes=accelerator.num_processes, threads=torch.get_num_threads(),

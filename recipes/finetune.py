@@ -7,7 +7,9 @@
 Setup (validate data/template, tokenize, load model, attach adapter) → train
 (loss on the completion only, grad accumulation, clipping, schedule, periodic
 validation) → save (atomic checkpoints with adapter, optimizer/scheduler/RNG state,
-config and prompt template).
+config and prompt template). With train.ensemble = N > 1 the same run is repeated for members
+1..N-1 (seeds run.seed + 1000k, in <output_dir>/members/<k>/), then their adapters are copied into
+<output_dir>/adapter/ (genrec.ensemble); run.resume=true resumes whichever member was interrupted.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from genrec import __version__
 from genrec.config import load_config, parse_cli, save_config
 from genrec.counterfactual import NullHistory
 from genrec.encoding import IGNORE_INDEX, tokenized_dataset
+from genrec.ensemble import assemble, member_configs
 from genrec.errors import CheckpointError, ConfigError, DataError
 from genrec.evaluation import evaluation_users, period_start, rank_users, score
 from genrec.modeling import attach_adapter, resolve_dtype
@@ -113,6 +116,23 @@ def main(argv: list[str]) -> None:
     set_threads()
     accelerator = make_accelerator(resolve_dtype(cfg.model.dtype))
     setup_logging(accelerator.is_main_process)
+    members = member_configs(cfg)
+    for k, member in enumerate(members):
+        if len(members) > 1:
+            log.info("ensemble member %d of %d: seed %d, output %s", k + 1, len(members), member.run.seed,
+                     member.run.output_dir)
+        if not train(member, accelerator):
+            return  # halted: continue with run.resume=true, which resumes this member and trains the rest
+        accelerator.free_memory()  # drop the accelerator's references to this member's model and optimizer
+    if len(members) > 1:
+        if accelerator.is_main_process:
+            folder = assemble(cfg.run.output_dir, len(members), cfg.run.seed)
+            log.info("ensemble of %d adapters assembled in %s", len(members), folder)
+        accelerator.wait_for_everyone()
+
+
+def train(cfg, accelerator) -> bool:
+    """One run (one ensemble member): True once its adapter is final, False when halted before the end."""
     torch.manual_seed(cfg.run.seed)
     out = Path(cfg.run.output_dir)
     resume_from = None
@@ -189,7 +209,7 @@ def main(argv: list[str]) -> None:
         log.info("resumed from %s at step %d", resume_from, step)
         if (step >= total or selection["stopped_early"]) and resume_from.name == "adapter":
             log.info("training already finished (%d of %d steps); adapter at %s", step, total, resume_from)
-            return
+            return True
 
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -301,7 +321,7 @@ def main(argv: list[str]) -> None:
     if step < total and not selection["stopped_early"]:  # halted: leave a resumable checkpoint, no final adapter
         save(out / "checkpoints" / f"step-{step:06d}")
         log.info("halted after step %d of %d; continue with run.resume=true", step, total)
-        return
+        return False
     if not selection["stopped_early"]:
         ndcg = validate()
         metrics.write({"step": step, valid_key: round(ndcg, 5), "valid_users": len(validation_users)})
@@ -319,6 +339,7 @@ def main(argv: list[str]) -> None:
                    None if selection["best_ndcg"] is None else round(selection["best_ndcg"], 5)})
     save(out / "adapter")
     log.info("adapter saved to %s", out / "adapter")
+    return True
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def run_quality(tmp_path: Path, overrides: list[str], *flags: str) -> dict:
+def run_quality(tmp_path: Path, overrides: list[str], *flags: str, seeds: tuple[str, ...] = ("1", "2")) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--seeds", "1", "2", "--out", str(tmp_path / "q"),
+    cmd = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--seeds", *seeds, "--out", str(tmp_path / "q"),
            "--sasrec-config", str(REPO / "recipes" / "configs" / "ml100k" / "sasrec.yaml"), *flags, "--set", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -42,3 +42,29 @@ def test_quality_benchmark_trains_each_system_per_seed_then_reloads(tiny_overrid
                                                                     "smollm2_lora_demo.yaml"))
     assert again == first
     assert adapter.stat().st_mtime_ns == stamp
+
+
+def test_quality_benchmark_reports_an_ensemble_and_its_first_member(tiny_overrides, tmp_path):
+    overrides = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "prompt.template="))]
+    overrides += [f"prompt.template={REPO / 'prompts' / 'next_item_atomic.yaml'}",
+                  "train.max_steps=2", "sasrec.epochs=2", "sasrec.hidden=16", "sasrec.inner=32"]
+    result = run_quality(tmp_path, overrides, seeds=("1",))  # the default genrec config: the ensemble recipe
+    seed = tmp_path / "q" / "seed-1"
+    both = json.loads((seed / "genrec" / "eval_results.json").read_text())
+    first = json.loads((seed / "genrec_single" / "eval_results.json").read_text())
+    assert both["protocol"]["adapter_members"] == 3 and first["protocol"]["adapter_members"] == 1
+    assert result["genrec"]["ndcg@10"] == round(both["metrics"]["ndcg@10"], 4)
+    assert result["genrec_single"]["ndcg@10"] == round(first["metrics"]["ndcg@10"], 4)
+    assert (seed / "genrec" / "members" / "2" / "adapter" / "adapter_model.safetensors").is_file()
+    # benchmarks/ensembles.py recomputes member 0 and SASRec from their log-probabilities: the same figures
+    cmd = [sys.executable, str(REPO / "benchmarks" / "ensembles.py"), "--root", str(tmp_path / "q"), "--seeds", "1",
+           "--genrec-config", str(REPO / "recipes" / "configs" / "ml100k" / "smollm2_atomic_ensemble.yaml"),
+           "--sasrec-config", str(REPO / "recipes" / "configs" / "ml100k" / "sasrec.yaml"), "--set", *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    combos = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert combos["users"] == first["protocol"]["users"]
+    assert combos["genrec"]["test"]["1"]["ndcg@10"] == round(first["metrics"]["ndcg@10"], 4)
+    sas = json.loads((seed / "sasrec" / "eval_results.json").read_text())["metrics"]
+    assert combos["sasrec"]["test"]["1"]["ndcg@10"] == round(sas["ndcg@10"], 4)

@@ -1,0 +1,115 @@
+"""How much averaging independently trained runs adds, for genrec and for SASRec alike.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/ensembles.py [--root runs/quality] [--seeds 42 43 44]
+        [--genrec-config recipes/configs/ml100k/smollm2_atomic.yaml] [--sasrec-config recipes/configs/ml100k/sasrec.yaml]
+
+Loads what ``benchmarks/quality.py --out <root>`` trained for each seed (the genrec adapter in
+``<root>/seed-<s>/genrec/adapter`` and SASRec in ``<root>/seed-<s>/sasrec/sasrec.pt``), computes every
+evaluation user's log-probability of every item once per run, and scores each run alone and every
+combination of runs of the same system (mean log-probability, as ``train.ensemble`` ranks) on the
+validation and test items: leave-one-out, full ranking, seen items excluded, the same metric code.
+This is how the ensemble size of ``smollm2_atomic_ensemble.yaml`` was chosen (on validation), and it
+gives SASRec the same treatment, so that an ensemble is compared with an ensemble.
+Last line: {"users": N, "genrec": {"valid": {"42": ndcg@10, "42+43": ..., ...}, "test": {...}}, "sasrec": {...}}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from genrec import sasrec  # noqa: E402
+from genrec.config import load_config  # noqa: E402
+from genrec.data import load_split  # noqa: E402
+from genrec.ensemble import item_log_probs  # noqa: E402
+from genrec.evaluation import score  # noqa: E402
+from genrec.modeling import resolve_dtype  # noqa: E402
+from genrec.recommender import Recommender  # noqa: E402
+from genrec.runtime import make_accelerator, set_threads  # noqa: E402
+
+SPLITS = ("valid", "test")
+
+
+def genrec_log_probs(config: str, adapter: Path, overrides: list[str]) -> dict[str, torch.Tensor]:
+    """split -> [users, items] log p(item | the user's prompt) for one adapter (member 0 if an ensemble)."""
+    cfg = load_config(config, [f"run.checkpoint={adapter}", "decode.members=1", *overrides])
+    accelerator = make_accelerator(resolve_dtype(cfg.model.dtype))
+    rec, _ = Recommender.load(cfg)
+    setup, out = rec.setup, {}
+    for split_name in SPLITS:
+        users = setup.split.eval_users
+        prompts = [setup.encoder.prompt_ids(setup.split.example(u, split_name, cfg.data.max_history)) for u in users]
+        order = sorted(range(len(users)), key=lambda i: len(prompts[i]))  # little padding per batch
+        logp = torch.empty(len(users), setup.index.num_items)
+        with accelerator.autocast():  # as recipes/evaluate.py runs the model
+            for lo in range(0, len(order), cfg.decode.batch_users):
+                rows = order[lo: lo + cfg.decode.batch_users]
+                logp[rows] = item_log_probs(rec.model, [prompts[i] for i in rows], setup.index,
+                                            setup.tokenizer.pad_token_id).float().cpu()
+        out[split_name] = logp
+    return out
+
+
+def sasrec_log_probs(config: str, checkpoint: Path, seed: int, overrides: list[str]) -> dict[str, torch.Tensor]:
+    cfg = load_config(config, overrides)
+    split = load_split(cfg)
+    model, _ = sasrec.load(checkpoint, cfg.sasrec, split, seed)
+    return {s: torch.log_softmax(sasrec.item_scores(model, [split.example(u, s, model.max_len).history
+                                                            for u in split.eval_users]), -1) for s in SPLITS}
+
+
+def ndcg_of(logp: torch.Tensor, split, split_name: str) -> dict[str, float]:
+    users = split.eval_users
+    scores = logp.clone()
+    for row, u in enumerate(users):
+        scores[row, sorted(split.seen(u, split_name))] = float("-inf")
+    top = scores.topk(10, dim=1).indices.tolist()
+    m = score({u: [(i,) for i in t] for u, t in zip(users, top)}, split, users, split_name, [10], bias=False)
+    return {"ndcg@10": round(m["ndcg@10"], 4), "hit@10": round(m["hit@10"], 4)}
+
+
+def combinations(runs: dict[int, dict[str, torch.Tensor]], split, seeds: list[int]) -> dict:
+    """split -> {"42": metrics, "42+43": metrics, ...}: every non-empty subset, mean log-probability."""
+    out = {s: {} for s in SPLITS}
+    for size in range(1, len(seeds) + 1):
+        for subset in itertools.combinations(seeds, size):
+            for s in SPLITS:
+                mean = sum(runs[seed][s] for seed in subset) / len(subset)
+                out[s]["+".join(map(str, subset))] = ndcg_of(mean, split, s)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--root", default="runs/quality")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--genrec-config", default="recipes/configs/ml100k/smollm2_atomic.yaml")
+    parser.add_argument("--sasrec-config", default="recipes/configs/ml100k/sasrec.yaml")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for both systems")
+    args = parser.parse_args()
+    set_threads()
+    root = Path(args.root)
+    split = load_split(load_config(args.genrec_config, args.set))
+    result = {"users": len(split.eval_users), "seeds": args.seeds}
+    llm = {s: genrec_log_probs(args.genrec_config, root / f"seed-{s}" / "genrec" / "adapter", args.set)
+           for s in args.seeds}
+    sas = {s: sasrec_log_probs(args.sasrec_config, root / f"seed-{s}" / "sasrec" / "sasrec.pt", s, args.set)
+           for s in args.seeds}
+    for name, runs in (("genrec", llm), ("sasrec", sas)):
+        result[name] = combinations(runs, split, args.seeds)
+        for s in SPLITS:
+            print(f"{name:7s} {s:5s} " + "  ".join(f"{k}: {v['ndcg@10']:.4f}" for k, v in result[name][s].items()),
+                  flush=True)
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
