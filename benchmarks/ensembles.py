@@ -3,8 +3,9 @@
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/ensembles.py [--root runs/quality] [--seeds 42 43 44]
         [--genrec-config recipes/configs/ml100k/smollm2_atomic.yaml] [--sasrec-config recipes/configs/ml100k/sasrec.yaml]
 
-Loads what ``benchmarks/quality.py --out <root>`` trained for each seed (the genrec adapter in
-``<root>/seed-<s>/genrec/adapter`` and SASRec in ``<root>/seed-<s>/sasrec/sasrec.pt``), computes every
+Loads what ``benchmarks/quality.py --genrec-config <genrec-config> --out <root>`` trained for each seed
+(the genrec adapter in ``<root>/seed-<s>/genrec/adapter`` and SASRec in ``<root>/seed-<s>/sasrec/sasrec.pt``;
+seeds not trained yet are trained first by that command), computes every
 evaluation user's log-probability of every item once per run, and scores each run alone and every
 combination of runs of the same system (mean log-probability, as ``train.ensemble`` ranks) on the
 validation and test items: leave-one-out, full ranking, seen items excluded, the same metric code.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -97,6 +99,14 @@ def main() -> None:
     args = parser.parse_args()
     set_threads()
     root = Path(args.root)
+    missing = [s for s in args.seeds if not ((root / f"seed-{s}" / "genrec" / "adapter" / "adapter_config.json").is_file()
+                                             and (root / f"seed-{s}" / "sasrec" / "sasrec.pt").is_file())]
+    if missing:  # train them the way quality.py does (single runs, not ensembles)
+        cmd = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--seeds", *map(str, missing), "--out", str(root),
+               "--genrec-config", args.genrec_config, "--sasrec-config", args.sasrec_config,
+               *(["--set", *args.set] if args.set else [])]
+        print("$", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True, cwd=REPO)
     split = load_split(load_config(args.genrec_config, args.set))
     result = {"users": len(split.eval_users), "seeds": args.seeds}
     llm = {s: genrec_log_probs(args.genrec_config, root / f"seed-{s}" / "genrec" / "adapter", args.set)
