@@ -32,7 +32,7 @@ from genrec import sasrec  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.data import load_split  # noqa: E402
 from genrec.ensemble import item_log_probs  # noqa: E402
-from genrec.evaluation import score  # noqa: E402
+from genrec.evaluation import score, top_k_unseen  # noqa: E402
 from genrec.modeling import resolve_dtype  # noqa: E402
 from genrec.recommender import Recommender  # noqa: E402
 from genrec.runtime import make_accelerator, set_threads  # noqa: E402
@@ -70,11 +70,8 @@ def sasrec_log_probs(config: str, checkpoint: Path, seed: int, overrides: list[s
 
 def ndcg_of(logp: torch.Tensor, split, split_name: str) -> dict[str, float]:
     users = split.eval_users
-    scores = logp.clone()
-    for row, u in enumerate(users):
-        scores[row, sorted(split.seen(u, split_name))] = float("-inf")
-    top = scores.topk(10, dim=1).indices.tolist()
-    m = score({u: [(i,) for i in t] for u, t in zip(users, top)}, split, users, split_name, [10], bias=False)
+    top = top_k_unseen(logp.clone(), [split.seen(u, split_name) for u in users], 10)
+    m = score(dict(zip(users, top)), split, users, split_name, [10], bias=False)
     return {"ndcg@10": round(m["ndcg@10"], 4), "hit@10": round(m["hit@10"], 4)}
 
 

@@ -27,6 +27,7 @@ import torch
 from genrec.config import Config
 from genrec.decoding import NextTokenLogProbs, left_pad
 from genrec.errors import CheckpointError
+from genrec.evaluation import top_k_unseen
 from genrec.items import ItemIndex
 from genrec.training import STATE_DIR, atomic_write_text
 
@@ -115,13 +116,7 @@ def ensemble_topk(models: list, prompts: list[list[int]], index: ItemIndex, k: i
     """Top-``k`` items per prompt, best first, as (catalog index, score), where the score is the members'
     mean log p(item | prompt) plus the node prior's leaf-minus-root (what ``constrained_topk`` adds)."""
     score = sum(item_log_probs(model, prompts, index, pad_id) for model in models) / len(models)
-    device = score.device
     if node_prior is not None:
-        prior = node_prior.to(device=device, dtype=torch.float32)
-        score += prior[index.item_path[:, 0].to(device)] - prior[0]
-    for row, items in enumerate(excluded or []):
-        if items:
-            score[row, torch.tensor(sorted(items), dtype=torch.long, device=device)] = float("-inf")
-    best, item = score.topk(min(k, index.num_items), dim=1)
-    return [[(i, s) for i, s in zip(items, scores) if s != float("-inf")]
-            for items, scores in zip(item.tolist(), best.tolist())]
+        prior = node_prior.to(device=score.device, dtype=torch.float32)
+        score += prior[index.item_path[:, 0].to(score.device)] - prior[0]
+    return top_k_unseen(score, excluded or [], k)

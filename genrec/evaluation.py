@@ -66,6 +66,17 @@ def rank_users(recommender, users: list[str], split_name: str, k: int, rank: int
     return {users[i]: r for i, r in zip(mine, ranked)}
 
 
+def top_k_unseen(scores, excluded, k: int) -> list[list[tuple[int, float]]]:
+    """Top-``k`` (column, score) per row of a dense [rows, items] score tensor, best first, leaving out each
+    row's ``excluded`` items (they are set to -inf in ``scores``); a row keeps fewer when fewer remain."""
+    for row, items in enumerate(excluded):
+        if items:
+            scores[row, sorted(items)] = float("-inf")
+    values, indices = scores.topk(min(k, scores.shape[1]), dim=1)
+    return [[(i, v) for i, v in zip(idxs, vals) if v != float("-inf")]
+            for vals, idxs in zip(values.tolist(), indices.tolist())]
+
+
 def protocol(cfg: Config, split: Split, users: list[str], split_name: str, **extra) -> dict:
     return {
         "split": f"leave-one-out ({split_name}), time-ordered",

@@ -41,7 +41,7 @@ from genrec.config import SASRecConfig
 from genrec.data.catalog import Catalog
 from genrec.data.splits import Split, sequence_windows
 from genrec.errors import CheckpointError, DataError
-from genrec.evaluation import score
+from genrec.evaluation import score, top_k_unseen
 
 log = logging.getLogger("genrec")
 
@@ -209,13 +209,7 @@ def rank(model: SASRec, histories: Sequence[Sequence[int]], excluded: Sequence[s
     """Top-k (catalog index, score) per history over the whole catalog, minus each history's excluded items."""
     out = []
     for lo in range(0, len(histories), batch):
-        scores = item_scores(model, histories[lo: lo + batch])
-        for row, items in enumerate(excluded[lo: lo + batch]):
-            if items:
-                scores[row, list(items)] = float("-inf")
-        values, indices = scores.topk(min(k, model.n_items), dim=1)
-        for vals, idxs in zip(values.tolist(), indices.tolist()):
-            out.append([(i, v) for i, v in zip(idxs, vals) if v != float("-inf")])  # fewer than k when few items remain
+        out += top_k_unseen(item_scores(model, histories[lo: lo + batch]), excluded[lo: lo + batch], k)
     return out
 
 
