@@ -140,6 +140,7 @@ class DecodeConfig:
     exclude_seen: bool = True  # never recommend items in the user's history (DESIGN §5)
     popularity_gamma: float = 0.0  # add gamma * log(training count + 1) of each item to its score, inside the trie (0 = off)
     contrastive_lambda: float = 0.0  # subtract lambda * log p(item | null history) from each item's score, inside the trie (0 = off)
+    propensity_mix: float = 0.0  # rank by p(item | h) * (1 + beta * w(item)), w = 1 / training propensity capped at eval.ips_clip: the best ranking for NDCG + beta * E[w] * IPS NDCG (0 = off)
     members: int | None = None  # an ensemble checkpoint (train.ensemble): rank with its first N members only (null = all; 1 = member 0 alone)
     trie_normalize: bool = False  # renormalise each step over the trie node's children: score = log p(item | output is a catalog item)
 
@@ -433,6 +434,7 @@ def validate(cfg: Config) -> None:
     for key, val, low in (("train.weight_power", cfg.train.weight_power, 0.0),
                           ("train.counterfactual_alpha", cfg.train.counterfactual_alpha, 0.0),
                           ("train.popularity_prior", cfg.train.popularity_prior, 0.0),
+                          ("decode.propensity_mix", cfg.decode.propensity_mix, 0.0),
                           ("train.weight_clip", cfg.train.weight_clip, 1.0), ("eval.ips_clip", cfg.eval.ips_clip, 1.0)):
         if val < low:
             raise ConfigError(f"config: '{key}' must be >= {low:g}, found {val}")

@@ -91,6 +91,7 @@ def protocol(cfg: Config, split: Split, users: list[str], split_name: str, **ext
                      "length_penalty": cfg.decode.length_penalty, "batch_users": cfg.decode.batch_users,
                      "popularity_gamma": cfg.decode.popularity_gamma,
                      "contrastive_lambda": cfg.decode.contrastive_lambda,
+                     "propensity_mix": cfg.decode.propensity_mix,
                      "trie_normalize": cfg.decode.trie_normalize, "members": cfg.decode.members},
         "dataset": cfg.data.dataset,
         "period": "all" if cfg.eval.period == "all" else f"{split_name} interaction at/after {cfg.data.time_cut}",

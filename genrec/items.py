@@ -91,6 +91,22 @@ class ItemIndex:
         mass[0] = w.sum()
         return mass.log().float()
 
+    def max_below(self, item_values) -> torch.Tensor:
+        """[nodes]: the largest value among the items under each node; the root holds the largest of all.
+
+        A node prior for a per-item bonus that does not add up over a path: stepping from node to child
+        by ``max_below[child] - max_below[node]`` sums to ``value(item) - max(values)`` at the leaf
+        (telescoping), never rises along a path (so the search's exact early stop still holds), and
+        only lowers a branch once no item under it can still earn the bonus it was credited."""
+        v = torch.as_tensor(item_values, dtype=torch.float64)
+        if v.shape != (self.num_items,) or not bool(torch.isfinite(v).all()):
+            raise ValueError(f"max_below needs one finite value per item ({self.num_items})")
+        best = torch.full((self.num_nodes + 1,), float("-inf"), dtype=torch.float64)
+        best.scatter_reduce_(0, (self.item_path + 1).flatten(), v.repeat_interleave(self.max_depth), reduce="amax")
+        best = best[1:]  # slot 0 collected the -1 padding of shorter paths
+        best[0] = v.max()
+        return best.float()
+
     @property
     def fingerprint(self) -> str:
         """Changes whenever any item's token sequence changes (a catalog or tokenizer change)."""

@@ -14,8 +14,11 @@ import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+import torch
 from tqdm.auto import tqdm
 
+from genrec.bias_metrics import propensity_weights
 from genrec.config import Config
 from genrec.data import Split, load_split
 from genrec.counterfactual import null_node_prior
@@ -229,11 +232,27 @@ class Recommender:
         """log p(path to each trie node | the prompt with an empty history), for contrastive decoding."""
         return null_node_prior(self.model, self.setup.index, self.setup.encoder.prompt_ids(Example("", (), None)))
 
+    def propensity_bonus(self, beta: float) -> torch.Tensor:
+        """Node prior whose leaf-minus-root is log(1 + beta * w(item)) - const, w the clipped inverse training
+        propensity of the debiased metrics (genrec.bias_metrics).
+
+        Why this form: expected NDCG + c * IPS-weighted NDCG of a ranking sums p(i | h) * (1 + c' * w(i)) *
+        gain(rank of i) over items, so sorting by that product is the best ranking for the mixed objective
+        when the model's p is right (beta = 0: plain NDCG; beta large: p(i | h) * w(i), the debiased one).
+        A popularity penalty (popularity_gamma < 0) is not of this form: it also reorders the head, where
+        1 + beta * w barely differs between items."""
+        cfg = self.setup.cfg
+        w = propensity_weights(self.setup.split.train_popularity(), cfg.eval.ips_clip)
+        return self.setup.index.max_below(np.log1p(beta * w))
+
     def node_prior(self):
         """The decoding interventions inside the trie (None when there are none):
-        decode.popularity_gamma * popularity_log_mass - decode.contrastive_lambda * null_log_prob."""
-        gamma, lam = self.setup.cfg.decode.popularity_gamma, self.setup.cfg.decode.contrastive_lambda
-        parts = ([gamma * self.popularity_log_mass] if gamma else []) + ([-lam * self.null_log_prob] if lam else [])
+        decode.popularity_gamma * popularity_log_mass - decode.contrastive_lambda * null_log_prob
+        + propensity_bonus(decode.propensity_mix)."""
+        dcfg = self.setup.cfg.decode
+        gamma, lam, beta = dcfg.popularity_gamma, dcfg.contrastive_lambda, dcfg.propensity_mix
+        parts = (([gamma * self.popularity_log_mass] if gamma else []) + ([-lam * self.null_log_prob] if lam else [])
+                 + ([self.propensity_bonus(beta)] if beta else []))
         return sum(parts) if parts else None
 
     def rank(self, examples: list[Example], excluded: list[set[int]], k: int, progress: bool = False,

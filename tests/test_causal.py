@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from genrec.bias_metrics import bias_metrics, head_items, propensity_weights
+from genrec.bias_metrics import bias_metrics, head_items, paired_relative_ci, propensity_weights
 from genrec.config import load_config
 from genrec.data import load_split
 from genrec.data.splits import Example, Split
@@ -170,6 +170,56 @@ def test_popularity_prior_inside_beam_search_equals_exhaustive_adjusted_scores(t
         assert [i for i, _ in plain] != [i for i, _ in got] or gamma == 0
 
 
+def test_max_below_telescopes_to_the_item_value_and_never_rises(tiny):
+    setup, _ = tiny
+    index = setup.index
+    values = np.random.default_rng(0).normal(size=index.num_items)
+    best = index.max_below(values)
+    assert best[0].item() == pytest.approx(values.max(), abs=1e-6)
+    for item in range(index.num_items):
+        path = [0] + [n for n in index.item_path[item].tolist() if n >= 0]
+        steps = [best[b].item() - best[a].item() for a, b in zip(path, path[1:])]
+        assert sum(steps) == pytest.approx(values[item] - values.max(), abs=1e-5)
+        assert max(steps) <= 1e-6  # a node's best is at most its parent's: the search's early stop stays exact
+    node = index.item_path[0, 0].item()
+    below = [i for i in range(index.num_items) if node in index.item_path[i].tolist()]
+    assert best[node].item() == pytest.approx(values[below].max(), abs=1e-6)
+    with pytest.raises(ValueError):
+        index.max_below(np.full(index.num_items, np.nan))
+
+
+def test_propensity_mix_inside_beam_search_ranks_by_p_times_one_plus_beta_w(tiny):
+    """decode.propensity_mix: the exact top-k of p(item) * (1 + beta * w(item)), w the clipped inverse
+    propensity of the debiased metric, whatever the number of steps per item."""
+    from genrec.recommender import Recommender
+
+    setup, model = tiny
+    beta = 0.5
+    setup.cfg.decode.propensity_mix = beta
+    try:
+        prior = Recommender(model, setup, [model]).node_prior()
+    finally:
+        setup.cfg.decode.propensity_mix = 0.0
+    w = propensity_weights(setup.split.train_popularity(), setup.cfg.eval.ips_clip)
+    assert len(set(w.round(6))) > 2  # the toy catalog's popularity varies, so the bonus does too
+    changed = False
+    for user in setup.split.eval_users[:6]:
+        prompt = setup.encoder.prompt_ids(setup.split.example(user, "test", 5))
+        seen = setup.split.seen(user, "test")
+        got = constrained_topk(model, [prompt], setup.index, k=10, num_beams=setup.index.num_items, excluded=[seen],
+                               pad_id=setup.tokenizer.pad_token_id, node_prior=prior)[0]
+        p = score_items(model, prompt, setup.index).double().exp().numpy()
+        ref = torch.tensor(np.log(p * (1 + beta * w)) - np.log1p(beta * w).max())
+        ref[list(seen)] = float("-inf")
+        top = torch.topk(ref, 10)
+        assert [i for i, _ in got] == top.indices.tolist()
+        assert [s for _, s in got] == pytest.approx(top.values.tolist(), abs=1e-4)
+        plain = torch.tensor(np.log(p))
+        plain[list(seen)] = float("-inf")
+        changed |= torch.topk(plain, 10).indices.tolist() != top.indices.tolist()
+    assert changed  # the bonus reorders at least one user's top 10
+
+
 # ---- metrics -----------------------------------------------------------------------------------------------
 
 def test_propensity_weights_are_inverse_smoothed_counts_clipped():
@@ -218,6 +268,25 @@ def test_intervened_test_favours_users_with_rare_targets():
     assert m["snips_hit@10"] == pytest.approx(1000 / 1001)
 
 
+def test_paired_bootstrap_interval_of_relative_change():
+    rng = np.random.default_rng(5)
+    popularity = rng.integers(0, 50, 30)
+    targets = rng.integers(0, 30, 400).tolist()
+    reference = [rng.permutation(30)[:10].tolist() for _ in targets]
+    same = paired_relative_ci([reference], [reference], targets, popularity, resamples=200)
+    assert same == {"ndcg@10": [0.0, 0.0], "snips_ndcg@10": [0.0, 0.0]}  # no difference, no spread
+    # the target moved to the top for every user the reference ranked it in the top 10: NDCG only rises
+    better = [[t] + [i for i in r if i != t][:9] if t in r else r for r, t in zip(reference, targets)]
+    ci = paired_relative_ci([better], [reference], targets, popularity, resamples=200)
+    point = np.mean([1.0 if t in r else 0.0 for r, t in zip(reference, targets)]) / np.mean(
+        [1 / math.log2(r.index(t) + 2) if t in r else 0.0 for r, t in zip(reference, targets)]) - 1
+    assert 0 < ci["ndcg@10"][0] < point < ci["ndcg@10"][1]
+    assert ci["snips_ndcg@10"][0] > 0
+    # two runs: each user's NDCG is averaged first, so (better, reference) against the reference is half the gain
+    half = paired_relative_ci([better, reference], [reference], targets, popularity, resamples=200)
+    assert half["ndcg@10"] == pytest.approx([v / 2 for v in ci["ndcg@10"]], abs=1e-3)
+
+
 # ---- config and end to end ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("override, message", [
@@ -226,6 +295,7 @@ def test_intervened_test_favours_users_with_rare_targets():
     ("eval.ips_clip=0", "eval.ips_clip"),
     ("train.target_weighting=inverse", "inverse_popularity"),
     ("train.popularity_prior=-1", "train.popularity_prior"),
+    ("decode.propensity_mix=-0.1", "decode.propensity_mix"),
     ("train.popularity_prior=1", "items.identifier=atomic"),  # the default identifier is titles
 ])
 def test_bad_causal_settings_are_named(toy_data_dir, override, message):
@@ -261,40 +331,45 @@ def test_causal_benchmark_trains_both_recipes_and_picks_gamma_on_validation(tiny
     overrides += ["train.weight_clip=5", "reason.max_new_tokens=16"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(REPO / "benchmarks" / "causal.py"), "--epochs", "1", "--out", str(tmp_path / "c"),
-           "--gammas", "0", "1", "3", "--penalties", "-1", "--lambdas", "0.5", "--set", *overrides]
+           "--gammas", "0", "1", "3", "--penalties", "-1", "--mixes", "0.5", "--lambdas", "0.5", "--set", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     for label in ("sft", "deconfounded", "deconfounded_pd", "deconfounded_prior", "deconfounded_prior_pd",
-                  "counterfactual", "sft_penalty", "popularity"):
+                  "counterfactual", "sft_penalty", "sft_mix", "popularity"):
         assert 0 <= result[label]["debiased_ndcg@10"] <= 1
         assert result[label]["debiased_ndcg@10"] == result[label]["snips_ndcg@10"]
     grid = result["valid_grid"]
-    assert set(grid["deconfounded"]) == {"gamma=+0.00", "gamma=+1.00", "gamma=+3.00"}
-    assert set(grid["deconfounded_prior"]) == {"gamma=+0.00", "gamma=+1.00", "gamma=+3.00"}
-    assert set(grid["sft"]) == {"gamma=+0.00", "gamma=-1.00"}
-    assert set(grid["counterfactual"]) == {"lambda=+0.00", "lambda=+0.50"}
+    assert set(grid["deconfounded"]) == {"gamma=0", "gamma=1", "gamma=3"}
+    assert set(grid["deconfounded_prior"]) == {"gamma=0", "gamma=1", "gamma=3"}
+    assert set(grid["sft"]) == {"gamma=0", "gamma=-1", "beta=0.5"}
+    assert set(grid["counterfactual"]) == {"lambda=0", "lambda=0.5"}
+    assert result["chosen"]["sft_mix"] == {"beta": 0.5} and result["chosen"]["sft_penalty"] == {"gamma": -1.0}
     # the chosen setting follows the rule on the validation grid
-    reference = grid["sft"]["gamma=+0.00"]["ndcg@10"]
+    reference = grid["sft"]["gamma=0"]["ndcg@10"]
     allowed = {g: m for g, m in grid["deconfounded"].items() if m["ndcg@10"] >= 0.95 * reference}
-    chosen = f"gamma={result['chosen']['deconfounded']['gamma']:+.2f}"
+    chosen = f"gamma={result['chosen']['deconfounded']['gamma']:g}"
     if allowed:
         assert grid["deconfounded"][chosen]["debiased_ndcg@10"] == max(m["debiased_ndcg@10"] for m in allowed.values())
     assert result["relative"]["deconfounded"]["ndcg@10"] == pytest.approx(
         result["deconfounded"]["ndcg@10"] / result["sft"]["ndcg@10"] - 1, abs=2e-3)
+    # every relative figure has a paired bootstrap interval; a row decoded like SFT would sit at 0
+    for label, ci in result["relative_ci95"].items():
+        assert ci["ndcg@10"][0] <= ci["ndcg@10"][1] and ci["snips_ndcg@10"][0] <= ci["snips_ndcg@10"][1]
+    assert set(result["relative_ci95"]) == set(result["relative"])
     assert result["deconfounded_pd"]["gamma"] == 0.0 and "lambda" in result["counterfactual"]
     assert result["deconfounded_prior_pd"]["gamma"] == 0.0 and "gamma" in result["chosen"]["deconfounded_prior"]
     # own history vs another user's: reported for the rows that claim to use the history
     for label in ("sft", "counterfactual"):
         assert -1 <= result[label]["history_reliance_gap"] <= 1
-    assert result["train_minutes"]["sft"] > 0 and result["users"] == 24
+    assert result["train_minutes"]["sft"][0] > 0 and result["users"] == 24 and result["seeds"] == [42]
     # reason, then recommend: the item-only ablation has no rationale; the swap keeps the items' validity
     assert "rationale_exact" not in result["reason_item_only"]
     for label in ("reason", "reason_swapped"):
         assert 0 <= result[label]["rationale_genre_match@10"] <= 1
     assert result["reason"]["swap_drop_ndcg@10"] == pytest.approx(
         result["reason"]["ndcg@10"] - result["reason_swapped"]["ndcg@10"], abs=2e-4)
-    trained_with = {name: yaml.safe_load((tmp_path / "c" / name / "config.yaml").read_text())["train"]
+    trained_with = {name: yaml.safe_load((tmp_path / "c" / "seed-42" / name / "config.yaml").read_text())["train"]
                     for name in ("sft", "deconfounded", "deconfounded_prior", "counterfactual", "reason",
                                  "reason_item_only")}
     assert trained_with["sft"]["target_weighting"] == trained_with["counterfactual"]["target_weighting"] == "none"
@@ -303,12 +378,37 @@ def test_causal_benchmark_trains_both_recipes_and_picks_gamma_on_validation(tiny
     assert trained_with["deconfounded_prior"]["target_weighting"] == trained_with["sft"]["target_weighting"]
     assert trained_with["sft"]["popularity_prior"] == trained_with["deconfounded"]["popularity_prior"] == 0
     # same seed, data order and starting weights: the first step's loss differs only by the popularity term
-    first = {name: next(json.loads(x)["loss"] for x in (tmp_path / "c" / name / "metrics.jsonl").read_text().splitlines()
+    runs = tmp_path / "c" / "seed-42"
+    first = {name: next(json.loads(x)["loss"] for x in (runs / name / "metrics.jsonl").read_text().splitlines()
                         if "loss" in json.loads(x)) for name in ("sft", "deconfounded_prior")}
     assert first["deconfounded_prior"] != pytest.approx(first["sft"], rel=1e-3)
     assert trained_with["sft"]["counterfactual_alpha"] == 0 and trained_with["counterfactual"]["counterfactual_alpha"] > 0
     assert {trained_with[n]["epochs"] for n in ("sft", "deconfounded", "deconfounded_prior", "counterfactual")} == {1.0}
     assert trained_with["reason"]["epochs"] == trained_with["reason_item_only"]["epochs"] == 2.0  # their config's
+
+
+def test_causal_benchmark_averages_seeds_and_chooses_on_their_mean(tiny_overrides, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    overrides = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "prompt.template="))]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(REPO / "benchmarks" / "causal.py"), "--systems", "sft", "--seeds", "1", "2",
+           "--epochs", "1", "--out", str(tmp_path / "c"), "--penalties", "-1", "--mixes", "0.5", "--set", *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["seeds"] == [1, 2] and len(result["train_minutes"]["sft"]) == 2
+    seeds = {seed: yaml.safe_load((tmp_path / "c" / f"seed-{seed}" / "sft" / "config.yaml").read_text())["run"]["seed"]
+             for seed in (1, 2)}
+    assert seeds == {1: 1, 2: 2}  # one run per seed, each in its own folder
+    for label in ("sft", "sft_penalty", "sft_mix"):
+        per_seed = result[label]["per_seed"]
+        assert len(per_seed["ndcg@10"]) == 2
+        assert result[label]["ndcg@10"] == pytest.approx(np.mean(per_seed["ndcg@10"]), abs=1e-4)
+        assert result[label]["debiased_ndcg@10"] == pytest.approx(np.mean(per_seed["debiased_ndcg@10"]), abs=1e-4)
+    assert set(result["relative_ci95"]) == {"sft_penalty", "sft_mix"}
 
 
 # ---- counterfactual fine-tuning and contrastive decoding ---------------------------------------------------
