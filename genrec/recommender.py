@@ -241,9 +241,12 @@ class Recommender:
         when the model's p is right (beta = 0: plain NDCG; beta large: p(i | h) * w(i), the debiased one).
         A popularity penalty (popularity_gamma < 0) is not of this form: it also reorders the head, where
         1 + beta * w barely differs between items."""
-        cfg = self.setup.cfg
-        w = propensity_weights(self.setup.split.train_popularity(), cfg.eval.ips_clip)
-        return self.setup.index.max_below(np.log1p(beta * w))
+        return self.setup.index.max_below(np.log1p(beta * self.inverse_propensity))
+
+    @functools.cached_property
+    def inverse_propensity(self) -> np.ndarray:
+        """Per item: the clipped inverse training propensity (computed once; node_prior runs every batch)."""
+        return propensity_weights(self.setup.split.train_popularity(), self.setup.cfg.eval.ips_clip)
 
     def node_prior(self):
         """The decoding interventions inside the trie (None when there are none):
