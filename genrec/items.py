@@ -85,11 +85,7 @@ class ItemIndex:
         w = torch.as_tensor(item_weights, dtype=torch.float64)
         if w.shape != (self.num_items,) or not bool((w > 0).all()):
             raise ValueError(f"log_mass needs one positive weight per item ({self.num_items})")
-        mass = torch.zeros(self.num_nodes + 1, dtype=torch.float64)
-        mass.index_add_(0, (self.item_path + 1).flatten(), w.repeat_interleave(self.max_depth))
-        mass = mass[1:]  # slot 0 collected the -1 padding of shorter paths
-        mass[0] = w.sum()
-        return mass.log().float()
+        return self._over_items_below(w, "sum").log().float()
 
     def max_below(self, item_values) -> torch.Tensor:
         """[nodes]: the largest value among the items under each node; the root holds the largest of all.
@@ -101,11 +97,16 @@ class ItemIndex:
         v = torch.as_tensor(item_values, dtype=torch.float64)
         if v.shape != (self.num_items,) or not bool(torch.isfinite(v).all()):
             raise ValueError(f"max_below needs one finite value per item ({self.num_items})")
-        best = torch.full((self.num_nodes + 1,), float("-inf"), dtype=torch.float64)
-        best.scatter_reduce_(0, (self.item_path + 1).flatten(), v.repeat_interleave(self.max_depth), reduce="amax")
-        best = best[1:]  # slot 0 collected the -1 padding of shorter paths
-        best[0] = v.max()
-        return best.float()
+        return self._over_items_below(v, "amax").float()
+
+    def _over_items_below(self, values: torch.Tensor, reduce: str) -> torch.Tensor:
+        """[nodes]: ``reduce`` ("sum" | "amax") of the per-item ``values`` over the items under each node."""
+        start = 0.0 if reduce == "sum" else float("-inf")
+        out = torch.full((self.num_nodes + 1,), start, dtype=torch.float64)
+        out.scatter_reduce_(0, (self.item_path + 1).flatten(), values.repeat_interleave(self.max_depth), reduce=reduce)
+        out = out[1:]  # slot 0 collected the -1 padding of shorter paths
+        out[0] = values.sum() if reduce == "sum" else values.max()  # the root: no path lists it
+        return out
 
     @property
     def fingerprint(self) -> str:
