@@ -46,6 +46,7 @@ class DataConfig:
     train_windows_per_user: int | None = None  # keep only each user's most recent windows (null = all)
     sequence_stride: int | None = None  # train.objective=sequence: windows of max_history+1 items step back this far (null = max_history)
     cache_dir: str | None = None  # tokenized-data cache (null = <output_dir>/cache)
+    tokenize_workers: int | None = None  # processes that tokenize the training set (null = one per CPU core, at most 8, once there are 20,000+ examples; 1 = in this process)
     time_cut: str | None = None  # a date (1998-01-01, UTC) or unix seconds splitting older from newer interactions (incremental updates)
     train_period: str = "all"  # all | before | after: train on targets before/after data.time_cut (older items stay as context)
     like_threshold: float = 3.0  # pointwise templates: an interaction rated above this is a "yes"
@@ -76,6 +77,10 @@ class ModelConfig:
     quantization: str = "none"  # none | 4bit | 8bit (bitsandbytes)
     bnb_4bit_quant_type: str = "nf4"  # nf4 | fp4
     bnb_4bit_double_quant: bool = True
+    bnb_4bit_quant_storage: str | None = None  # 4bit: dtype the packed weights are stored in (null = uint8; FSDP + QLoRA needs the compute dtype, e.g. bfloat16, so that every shard is one dtype)
+    attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (needs the flash-attn package and a GPU)
+    device_map: str | None = None  # evaluate/recommend: null = the whole model on this process's device (its GPU when there is one, else the CPU); auto | balanced | sequential = spread over every visible GPU (and the CPU when they are full)
+    tf32: bool = True  # GPUs from Ampere on: fp32 matmuls in TF32 (torch.set_float32_matmul_precision('high')); no effect elsewhere
     cache_dir: str | None = None  # where GGUF conversions are cached (null = ~/.cache/genrec or $GENREC_CACHE)
 
 
@@ -111,6 +116,7 @@ class TrainConfig:
     warmup_ratio: float = 0.03
     max_grad_norm: float = 1.0
     max_length: int = 1024  # longer examples are cut from the left of the prompt
+    gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass: less memory for long prompts and big models, ~30% more compute per step
     log_every: int = 10
     eval_every: int = 0  # validation NDCG@10 on a seeded user sample every N steps (0 = only at the end)
     eval_users: int | None = 64  # users in that sample (null = every validation user)
@@ -242,6 +248,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.quantization": ("none", "4bit", "8bit"),
     "model.bnb_4bit_quant_type": ("nf4", "fp4"),
+    "model.bnb_4bit_quant_storage": ("bfloat16", "float16", "float32", "uint8"),
+    "model.attn_implementation": ("sdpa", "eager", "flash_attention_2"),
+    "model.device_map": ("auto", "balanced", "balanced_low_0", "sequential"),
     "adapter.method": ("lora", "dora", "loha", "ia3"),
     "train.scheduler": ("cosine", "linear", "constant"),
     "train.objective": ("target", "sequence"),
@@ -338,7 +347,7 @@ def _set(cfg: Config, dotted: str, value: Any, where: str) -> None:
         raise ConfigError(f"{where}: unknown key '{sec}.{key}'{suggest(key, fields_)}; keys of '{sec}': {', '.join(fields_)}")
     coerced = _coerce(value, fields_[key], dotted, where)
     choices = CHOICES.get(dotted)
-    if choices is not None and coerced not in choices:
+    if choices is not None and coerced is not None and coerced not in choices:
         raise ConfigError(
             f"{where}: '{dotted}' must be one of {', '.join(choices)}; found {coerced!r}{suggest(coerced, choices)}"
         )
@@ -390,6 +399,9 @@ def validate(cfg: Config) -> None:
             "safetensors first — use model.name_or_path=default (converted and cached) or the converted folder"
             % cfg.model.quantization
         )
+    if cfg.model.bnb_4bit_quant_storage is not None and cfg.model.quantization != "4bit":
+        raise ConfigError(f"config: model.bnb_4bit_quant_storage={cfg.model.bnb_4bit_quant_storage} is the storage "
+                          f"dtype of 4-bit weights; model.quantization={cfg.model.quantization} stores none")
     if cfg.decode.num_beams < max(cfg.eval.ks + [cfg.recommend.k]):
         raise ConfigError(
             f"config: decode.num_beams={cfg.decode.num_beams} must be >= the largest K asked "

@@ -23,10 +23,9 @@ dropped (exact early stopping).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from genrec.items import ItemIndex
-from genrec.modeling import PLAIN_HEAD_TYPES
+from genrec.output_head import FP32Head, plain_head
 from genrec.shared_prefix import PrefixState, shared_prefix_attention, supports
 
 NEG_INF = float("-inf")
@@ -37,28 +36,40 @@ class NextTokenLogProbs:
     """Runs the model and returns fp32 next-token log-probabilities at positions ``keep`` (default: the last).
 
     Where the architecture allows it the body is run on its own and its last hidden state goes
-    through an fp32 copy of the output layer; otherwise the model's own logits are used.
+    through an fp32 copy of the output layer (``genrec.output_head.FP32Head``, made once per instance:
+    keep one per model for a whole evaluation); otherwise the model's own logits are used.
     """
 
     def __init__(self, model):
         self.model = model
-        head = model.get_output_embeddings()
-        plain = getattr(model.config, "model_type", "") in PLAIN_HEAD_TYPES and type(head) is torch.nn.Linear
-        self.body = model.get_decoder() if plain else None
-        if self.body is not None:
-            self.weight = head.weight.detach().float()  # no copy when already fp32
-            self.bias = None if head.bias is None else head.bias.detach().float()
+        self.body = model.get_decoder() if plain_head(model) else None
+        self.head = FP32Head(model) if self.body is not None else None
 
-    def __call__(self, keep: int | slice = -1, **inputs):
-        """(log-probs [rows, vocab] or [rows, positions, vocab], past_key_values or None)."""
+    def __call__(self, keep: int | slice = -1, cache=None, **inputs):
+        """(log-probs [rows, vocab] or [rows, positions, vocab], the KV cache or None)."""
+        if cache is not None:
+            inputs[CACHE_ARGUMENT] = cache
         if self.body is None:
             out = self.model(**inputs, logits_to_keep=1 if keep == -1 else 0)
-            return torch.log_softmax(out.logits[:, keep].float(), dim=-1), out.past_key_values
+            return torch.log_softmax(out.logits[:, keep].float(), dim=-1), _cache_of(out)
         out = self.body(**inputs)
-        hidden = out.last_hidden_state[:, keep].float()
-        with torch.autocast(hidden.device.type, enabled=False):  # under autocast F.linear would run in bf16
-            logits = F.linear(hidden, self.weight, self.bias)
-            return torch.log_softmax(logits, dim=-1), out.past_key_values
+        return torch.log_softmax(self.head(out.last_hidden_state[:, keep]), dim=-1), _cache_of(out)
+
+
+def _cache_argument() -> str:
+    """transformers 5.x renamed the forward's ``past_key_values`` to ``cache`` (the old name warns, then goes)."""
+    import inspect
+
+    from transformers import LlamaModel
+
+    return "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+
+
+CACHE_ARGUMENT = _cache_argument()
+
+
+def _cache_of(output):
+    return getattr(output, "cache", None) if CACHE_ARGUMENT == "cache" else output.past_key_values
 
 
 def _segment_logsumexp(values: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
@@ -121,6 +132,7 @@ def constrained_topk(
     shared_prefix: bool | None = None,
     node_prior: torch.Tensor | None = None,
     trie_normalize: bool = False,
+    next_logp: NextTokenLogProbs | None = None,
 ) -> list[list[tuple[int, float]]]:
     """Top-``k`` catalog items per prompt, best first, as (catalog index, score).
 
@@ -135,23 +147,25 @@ def constrained_topk(
     catalog's continuations), so an item scores log p(item | the output is a catalog item); with
     several codes per item (semantic ids) the mass a node leaks to tokens that continue no item would
     otherwise weigh on every path through it.
+    ``next_logp``: the model's ``NextTokenLogProbs``, when the caller keeps one for many batches.
     """
     num_beams = max(num_beams, k)
     device = next(model.parameters()).device
     users = len(prompts)
     excluded = excluded or [set() for _ in prompts]
-    ptr, edge_token, edge_child, leaf_item = (t.to(device) for t in (index.child_ptr, index.edge_token, index.edge_child, index.leaf_item))
-    remaining = index.remaining_counts(excluded).to(device)
+    trie = index.on(device)
+    ptr, edge_token, edge_child, leaf_item = trie.child_ptr, trie.edge_token, trie.edge_child, trie.leaf_item
+    remaining = index.remaining_counts(excluded, device)
     prior = None if node_prior is None else node_prior.to(device=device, dtype=torch.float32)
     # exact early stopping needs scores that never rise along a path: a prior that only falls keeps that
     monotone = prior is None or _prior_never_rises(ptr, edge_child, prior)
 
     ids, mask = left_pad(prompts, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    next_logp = NextTokenLogProbs(model)
+    next_logp = next_logp or NextTokenLogProbs(model)
     logp, cache = next_logp(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
     if shared_prefix is None:
-        shared_prefix = supports(model)
+        shared_prefix = supports(model, ids.shape[1] + index.max_depth)
     state = PrefixState(cache, mask, num_beams) if shared_prefix else None
     if state is not None:
         del cache
@@ -213,7 +227,7 @@ def constrained_topk(
             cache.reorder_cache(parent)
             mask = torch.cat([mask[parent], torch.ones((parent.numel(), 1), dtype=mask.dtype, device=device)], dim=1)
             logp, cache = next_logp(input_ids=tokens[keep].unsqueeze(1), attention_mask=mask,
-                                    position_ids=row_pos.unsqueeze(1), past_key_values=cache, use_cache=True)
+                                    position_ids=row_pos.unsqueeze(1), cache=cache, use_cache=True)
 
     results = []
     for u in range(users):
@@ -279,7 +293,7 @@ def score_continuations(model, prompt: list[int], sequences: list[list[int]], le
     ids = torch.full((len(sequences), width + 1), prompt[-1], dtype=torch.long, device=device)
     for r, seq in enumerate(sequences):  # right padding: later positions never change earlier log-probs
         ids[r, 1: len(seq) + 1] = torch.tensor(seq)
-    logp, _ = next_logp(keep=slice(0, -1), input_ids=ids, past_key_values=cache, use_cache=True)
+    logp, _ = next_logp(keep=slice(0, -1), input_ids=ids, cache=cache, use_cache=True)
     logp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).cpu()
     scores = torch.empty(len(sequences))
     for r, seq in enumerate(sequences):

@@ -177,14 +177,28 @@ class Encoder:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def tokenized_dataset(encoder: Encoder, examples: list[Example], cache_dir: str | Path, num_proc: int | None = None) -> datasets.Dataset:
-    """Arrow-cached tokenized examples; the cache key covers template, tokenizer, examples and length."""
+def training_data_fingerprint(encoder: Encoder, examples: list[Example]) -> str:
+    """Changes whenever the tokenized training data would: template, tokenizer, identifiers, or any example."""
     digest = hashlib.sha256()
     digest.update(encoder.fingerprint().encode())
     for ex in examples:
         digest.update(f"{ex.user_id}|{','.join(map(str, ex.history))}|{ex.target}|{ex.sequence_from}|"
                       f"{ex.rationale}|{ex.explanation}|{ex.label}|{ex.task}|{ex.masked}\n".encode())
-    folder = Path(cache_dir) / f"tokenized-{digest.hexdigest()[:20]}"
+    return digest.hexdigest()[:20]
+
+
+def tokenize_workers(configured: int | None, examples: int) -> int | None:
+    """data.tokenize_workers, or (null) one worker per CPU core up to 8 once there are enough examples to
+    repay starting them (each worker pickles the encoder and starts its own tokenizer)."""
+    if configured is not None:
+        return configured if configured > 1 else None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(8, cores) if examples >= 20_000 and cores > 1 else None
+
+
+def tokenized_dataset(encoder: Encoder, examples: list[Example], cache_dir: str | Path, num_proc: int | None = None) -> datasets.Dataset:
+    """Arrow-cached tokenized examples; the cache key covers template, tokenizer, examples and length."""
+    folder = Path(cache_dir) / f"tokenized-{training_data_fingerprint(encoder, examples)}"
     if (folder / "dataset_info.json").is_file():
         return datasets.load_from_disk(str(folder))
     raw = datasets.Dataset.from_dict(

@@ -94,28 +94,53 @@ def member_folders(folder: Path) -> list[Path]:
     return [Path(folder), *folders]
 
 
-@torch.no_grad()
-def item_log_probs(model, prompts: list[list[int]], index: ItemIndex, pad_id: int = 0) -> torch.Tensor:
-    """[prompts, items]: log p(item | prompt) over the whole vocabulary, column i = catalog item i (one-token
-    items), from one left-padded forward pass of the batch."""
+def member_adapter(k: int) -> str:
+    """The peft adapter name of member k when the members share one base model."""
+    return f"member{k}"
+
+
+def _one_token_items(index: ItemIndex) -> None:
     if index.max_depth != 1:
         raise CheckpointError("an ensemble of adapters ranks one-token items only (items.identifier=atomic); "
                               "this catalog's identifiers take several tokens")
-    device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_id, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    tokens = torch.tensor([seq[0] for seq in index.sequences], device=device)
-    logp, _ = NextTokenLogProbs(model)(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-    return logp[:, tokens]
 
 
 @torch.no_grad()
-def ensemble_topk(models: list, prompts: list[list[int]], index: ItemIndex, k: int,
+def item_log_probs(next_logp: NextTokenLogProbs, prompts: list[list[int]], index: ItemIndex,
+                   pad_id: int = 0) -> torch.Tensor:
+    """[prompts, items]: log p(item | prompt) over the whole vocabulary, column i = catalog item i (one-token
+    items), from one left-padded forward pass of the batch."""
+    _one_token_items(index)
+    device = next(next_logp.model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id, device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    tokens = index.on(device).first_token
+    logp, _ = next_logp(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+    return logp[:, tokens.to(logp.device)]
+
+
+@torch.no_grad()
+def ensemble_topk(model, prompts: list[list[int]], index: ItemIndex, k: int,
                   excluded: list[set[int]] | None = None, pad_id: int = 0,
-                  node_prior: torch.Tensor | None = None) -> list[list[tuple[int, float]]]:
+                  node_prior: torch.Tensor | None = None, adapters: list[str | None] | None = None,
+                  next_logp: NextTokenLogProbs | None = None) -> list[list[tuple[int, float]]]:
     """Top-``k`` items per prompt, best first, as (catalog index, score), where the score is the members'
-    mean log p(item | prompt) plus the node prior's leaf-minus-root (what ``constrained_topk`` adds)."""
-    score = sum(item_log_probs(model, prompts, index, pad_id) for model in models) / len(models)
+    mean log p(item | prompt) plus the node prior's leaf-minus-root (what ``constrained_topk`` adds).
+
+    ``adapters``: the members' adapter names on ``model`` (a peft model carrying all of them), each
+    activated in turn for its forward pass; the first is active again afterwards. None: ``model`` alone."""
+    _one_token_items(index)
+    adapters = adapters or [None]
+    next_logp = next_logp or NextTokenLogProbs(model)
+    score = None
+    for name in adapters:
+        if name is not None:
+            model.set_adapter(name)
+        logp = item_log_probs(next_logp, prompts, index, pad_id)
+        score = logp if score is None else score + logp
+    if adapters[0] is not None:
+        model.set_adapter(adapters[0])
+    score /= len(adapters)
     if node_prior is not None:
         prior = node_prior.to(device=score.device, dtype=torch.float32)
         score += prior[index.item_path[:, 0].to(score.device)] - prior[0]

@@ -45,7 +45,9 @@ def grow_embeddings(model, tokenizer, catalog: Catalog, token_ids: list[int], in
                     members: list[list[int]] | None = None) -> None:
     """Resize the model to the tokenizer and set the new rows: mean of the item's text-token embeddings
     (``title``) or N(0, std of the existing rows) (``random``). ``members[j]``: the catalog items token j
-    stands for (its row is the mean of theirs); by default token j is item j (atomic ids)."""
+    stands for (its row is the mean of theirs); by default token j is item j (atomic ids). An output
+    layer not tied to the input embedding gets its own rows the same way, from its own weights (the two
+    matrices live in different spaces)."""
     if init not in ("title", "random"):
         raise ConfigError(f"items.atomic_init: expected title or random, got {init!r}")
     old_rows = model.get_input_embeddings().weight.shape[0]
@@ -53,18 +55,21 @@ def grow_embeddings(model, tokenizer, catalog: Catalog, token_ids: list[int], in
         raise DataError("item token ids lie outside the tokenizer; add_item_tokens must run first")
     model.resize_token_embeddings(max(len(tokenizer), old_rows), mean_resizing=False)
     embed = model.get_input_embeddings().weight
+    output = model.get_output_embeddings()
+    matrices = [embed]
+    if output is not None and output.weight.data_ptr() != embed.data_ptr():
+        matrices.append(output.weight)
+    texts = tokenizer([item.text for item in catalog.items], add_special_tokens=False)["input_ids"] \
+        if init == "title" else None
+    index = torch.tensor(token_ids)
     with torch.no_grad():
-        base = embed[: min(old_rows, min(token_ids))].float()
-        if init == "title":
-            texts = tokenizer([item.text for item in catalog.items], add_special_tokens=False)["input_ids"]
-            rows = torch.stack([base[torch.tensor(ids)].mean(0) if ids else base.mean(0) for ids in texts])
-            if members is not None:
-                rows = torch.stack([rows[torch.tensor(items)].mean(0) for items in members])
-        else:
-            gen = torch.Generator().manual_seed(seed)
-            rows = torch.randn(len(token_ids), base.shape[1], generator=gen) * base.std()
-        index = torch.tensor(token_ids)
-        embed[index] = rows.to(embed.dtype)
-        output = model.get_output_embeddings()
-        if output is not None and output.weight.data_ptr() != embed.data_ptr():
-            output.weight[index] = rows.to(output.weight.dtype)
+        for n, matrix in enumerate(matrices):
+            base = matrix[: min(old_rows, min(token_ids))].float()
+            if init == "title":
+                rows = torch.stack([base[torch.tensor(ids)].mean(0) if ids else base.mean(0) for ids in texts])
+                if members is not None:
+                    rows = torch.stack([rows[torch.tensor(items)].mean(0) for items in members])
+            else:
+                gen = torch.Generator().manual_seed(seed + n)
+                rows = torch.randn(len(token_ids), base.shape[1], generator=gen) * base.std()
+            matrix[index] = rows.to(matrix.dtype)

@@ -72,6 +72,7 @@ class ItemIndex:
         for i, p in enumerate(paths):
             self.item_path[i, : len(p)] = torch.tensor(p)
         self.item_length = torch.tensor([len(s) for s in self.sequences], dtype=torch.long)
+        self.first_token = torch.tensor([s[0] for s in self.sequences], dtype=torch.long)
         counts = torch.zeros(self.num_nodes + 1, dtype=torch.long)
         counts.index_add_(0, (self.item_path + 1).flatten(), torch.ones(self.item_path.numel(), dtype=torch.long))
         self.leaf_count = counts[1:].clone()
@@ -113,15 +114,36 @@ class ItemIndex:
         """Changes whenever any item's token sequence changes (a catalog or tokenizer change)."""
         return hashlib.sha256(json.dumps(self.sequences).encode()).hexdigest()[:16]
 
-    def remaining_counts(self, excluded: list[set[int]]) -> torch.Tensor:
-        """[users, nodes]: items still allowed under each node once each user's excluded items are removed."""
-        rem = self.leaf_count.unsqueeze(0).repeat(len(excluded), 1)
-        for row, items in enumerate(excluded):
-            if items:
-                nodes = self.item_path[torch.tensor(sorted(items), dtype=torch.long)].flatten()
-                nodes = nodes[nodes >= 0]
-                rem[row].index_add_(0, nodes, -torch.ones_like(nodes))
-                rem[row, 0] -= len(items)
+    def on(self, device) -> "ItemIndex":
+        """This trie's tensors on ``device``, copied there once (decoding runs batch after batch)."""
+        device = torch.device(device)
+        if device.type == "cpu":
+            return self
+        cache = self.__dict__.setdefault("_on_device", {})
+        if str(device) not in cache:
+            moved = object.__new__(ItemIndex)
+            moved.__dict__.update({k: v for k, v in self.__dict__.items() if k != "_on_device"})
+            for name in ("child_ptr", "edge_token", "edge_child", "leaf_item", "item_path", "item_length", "leaf_count",
+                         "first_token"):
+                setattr(moved, name, getattr(self, name).to(device))
+            cache[str(device)] = moved
+        return cache[str(device)]
+
+    def remaining_counts(self, excluded: list[set[int]], device=None) -> torch.Tensor:
+        """[users, nodes]: items still allowed under each node once each user's excluded items are removed
+        (built on ``device`` from one copy of the excluded ids)."""
+        trie = self.on(device or "cpu")
+        rem = trie.leaf_count.unsqueeze(0).repeat(len(excluded), 1)
+        items = [i for row in excluded for i in sorted(row)]
+        if items:
+            device = rem.device
+            rows = torch.repeat_interleave(torch.arange(len(excluded), device=device),
+                                           torch.tensor([len(row) for row in excluded], device=device))
+            paths = trie.item_path[torch.tensor(items, dtype=torch.long, device=device)]
+            owner = rows.unsqueeze(1).expand_as(paths)
+            ok = paths >= 0
+            rem.index_put_((owner[ok], paths[ok]), torch.tensor(-1, dtype=rem.dtype, device=device), accumulate=True)
+            rem[:, 0] -= torch.bincount(rows, minlength=len(excluded))
         return rem
 
     def allowed_tokens(self, prefix: list[int]) -> list[int]:

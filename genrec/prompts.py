@@ -68,6 +68,11 @@ class RenderedExample:
 
 
 class PromptTemplate:
+    def __reduce__(self):
+        """Pickled as its source and text (compiled Jinja templates do not pickle): tokenizing workers
+        rebuild it."""
+        return self.__class__, (self.source, self.text)
+
     def __init__(self, source: str, text: str):
         self.source = source
         self.text = text
@@ -297,6 +302,16 @@ class PromptTemplate:
                                     "({{ target }} or {{ target_item.text }})")
 
 
+def _accepts_system_turn(tokenizer) -> bool:
+    """Whether the tokenizer's chat template renders a system message (Gemma's raises on one)."""
+    try:
+        tokenizer.apply_chat_template([{"role": "system", "content": "s"}, {"role": "user", "content": "u"}],
+                                      tokenize=False, add_generation_prompt=True)
+    except Exception:  # noqa: BLE001 - jinja's TemplateError from raise_exception, or the template's own error
+        return False
+    return True
+
+
 class PromptFormatter:
     """Template + tokenizer: the exact text the model reads, chat-wrapped when asked."""
 
@@ -311,6 +326,7 @@ class PromptFormatter:
         if chat == "on" and not has_chat:
             raise TemplateError("prompt.chat=on but the tokenizer has no chat template; use prompt.chat=auto or off")
         self.use_chat = has_chat and chat != "off"
+        self.system_turn = self.use_chat and _accepts_system_turn(tokenizer)
 
     def prompt(self, example: Example, history: list[str] | None = None) -> str:
         body = self.template.render_prompt(example, self.catalog, self.identifier, self.ratings.get(example.user_id),
@@ -321,8 +337,10 @@ class PromptFormatter:
             return body if self.items_delimit else body + "\n"
         messages = []
         system = self.template.render_system()
-        if system:
+        if system and self.system_turn:
             messages.append({"role": "system", "content": system.strip()})
+        elif system:  # Gemma-style chat templates refuse a system turn: it opens the user's turn instead
+            body = f"{system.strip()}\n\n{body}"
         messages.append({"role": "user", "content": body})
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 

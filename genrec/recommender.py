@@ -23,9 +23,9 @@ from genrec.config import Config
 from genrec.data import Split, load_split
 from genrec.counterfactual import null_node_prior
 from genrec.data.splits import Example, parse_time, training_examples
-from genrec.decoding import constrained_topk, greedy_lines
+from genrec.decoding import NextTokenLogProbs, constrained_topk, greedy_lines
 from genrec.encoding import Encoder
-from genrec.ensemble import ensemble_topk, member_folders
+from genrec.ensemble import ensemble_topk, member_adapter, member_folders
 from genrec.errors import CheckpointError, ConfigError
 from genrec.evidence import EvidenceBuilder
 from genrec.explaining import explain
@@ -118,9 +118,11 @@ class Setup:
         """Reference rationales for evaluation examples (what the model would be taught to write for them)."""
         return RationaleBuilder(self.split, self.cfg.reason).attach(examples)
 
-    def load_model(self, for_training: bool = False):
-        """The base model, grown by one embedding row per added item token (atomic or semantic ids)."""
-        model = load_base_model(self.cfg.model, self.model_path, for_training=for_training)
+    def load_model(self, for_training: bool = False, device=None):
+        """The base model on ``device`` (see ``genrec.modeling.placement``), grown by one embedding row per added
+        item token (atomic or semantic ids)."""
+        model = load_base_model(self.cfg.model, self.model_path, for_training=for_training, device=device,
+                                gradient_checkpointing=for_training and self.cfg.train.gradient_checkpointing)
         if self.item_tokens:
             grow_embeddings(model, self.tokenizer, self.split.catalog, self.item_tokens, self.cfg.items.atomic_init,
                             self.cfg.run.seed, self.token_members)
@@ -190,25 +192,41 @@ def checkpoint_template(cfg: Config, folder: Path | None) -> PromptTemplate | No
     return template
 
 
+def inference_device(cfg: Config, device=None) -> torch.device | None:
+    """Where evaluate/recommend run the model: ``device`` (a recipe's accelerator device), else this machine's
+    GPU when there is one, else the CPU; None when model.device_map spreads the model itself."""
+    if cfg.model.device_map:
+        return None
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 class Recommender:
-    def __init__(self, model, setup: Setup, members: list | None = None):
+    def __init__(self, model, setup: Setup, members: list[str] | None = None):
         self.model, self.setup = model, setup
-        self.members = members or [model]  # an ensemble ranks by all of them; ``model`` (the first) does the rest
+        # an ensemble's adapters (genrec.ensemble), all on ``model``; ranking switches between them, everything
+        # else (explanations, rationales, the null prior) runs with the first
+        self.members = members or [None]
         self.last_rationales: list[list[int]] = []  # reason-then-recommend: the lines of the last rank() call
 
     @classmethod
-    def load(cls, cfg: Config, check=None) -> tuple["Recommender", Path | None]:
-        """Base model + adapter named by run.checkpoint; ``check(setup)`` runs before weights load."""
+    def load(cls, cfg: Config, check=None, device=None) -> tuple["Recommender", Path | None]:
+        """Base model + adapter named by run.checkpoint, on ``device`` (see ``inference_device``);
+        ``check(setup)`` runs before weights load.
+
+        One adapter is merged into the base (one matmul per layer), unless the base is quantized. An
+        ensemble's N adapters are loaded onto one copy of the base, not N copies."""
         folder = resolve_checkpoint(cfg)
         setup = prepare(cfg, checkpoint_template(cfg, folder), folder)
         if check is not None:
             check(setup)
+        device = inference_device(cfg, device)
+        model = setup.load_model(device=device)
         if folder is None:
-            model = setup.load_model()
-            model.eval()
-            return cls(model, setup), folder
-        members = []
-        for member in member_folders(folder)[: cfg.decode.members]:  # one folder, or an ensemble's (genrec.ensemble)
+            return cls(model.eval(), setup), folder
+        folders = member_folders(folder)[: cfg.decode.members]  # one folder, or an ensemble's (genrec.ensemble)
+        for member in folders:
             info = read_info(member)
             if info.get("item_index") != setup.index.fingerprint:
                 raise CheckpointError(
@@ -216,11 +234,21 @@ class Recommender:
                     f"{info.get('item_index')} != {setup.index.fingerprint}); evaluate with the data/items config "
                     "the adapter was trained on"
                 )
-            model = load_adapter(setup.load_model(), member)
+        if len(folders) == 1:
+            model = load_adapter(model, folders[0])
             if cfg.model.quantization == "none":
                 model = model.merge_and_unload()  # one matmul per layer at inference
-            members.append(model.eval())
-        return cls(members[0], setup, members), folder
+            return cls(model.eval(), setup), folder
+        names = [member_adapter(k) for k in range(len(folders))]
+        for member, name in zip(folders, names):
+            model = load_adapter(model, member, name=name)
+        model.set_adapter(names[0])
+        return cls(model.eval(), setup, names), folder
+
+    @functools.cached_property
+    def next_logp(self) -> NextTokenLogProbs:
+        """The model's next-token log-probabilities, with its fp32 output layer made once for every batch."""
+        return NextTokenLogProbs(self.model)
 
     @functools.cached_property
     def popularity_log_mass(self):
@@ -280,14 +308,14 @@ class Recommender:
                 self.last_rationales += lines
                 batch = [p + line for p, line in zip(batch, lines)]
             if len(self.members) > 1:
-                out += ensemble_topk(self.members, batch, setup.index, k, excluded[lo: lo + dcfg.batch_users],
-                                     setup.tokenizer.pad_token_id, self.node_prior())
+                out += ensemble_topk(self.model, batch, setup.index, k, excluded[lo: lo + dcfg.batch_users],
+                                     setup.tokenizer.pad_token_id, self.node_prior(), self.members, self.next_logp)
             else:
                 out += constrained_topk(
                     self.model, batch, setup.index, k=k,
                     num_beams=max(dcfg.num_beams, k), excluded=excluded[lo: lo + dcfg.batch_users],
                     length_penalty=dcfg.length_penalty, pad_id=setup.tokenizer.pad_token_id,
-                    node_prior=self.node_prior(), trie_normalize=dcfg.trie_normalize,
+                    node_prior=self.node_prior(), trie_normalize=dcfg.trie_normalize, next_logp=self.next_logp,
                 )
             bar.update(len(batch))
         bar.close()

@@ -30,13 +30,28 @@ def set_threads() -> None:
         torch.set_num_threads(int(n))
 
 
-def make_accelerator(dtype: torch.dtype):
+def make_accelerator(dtype: torch.dtype, tf32: bool = True):
+    """The Accelerator of a recipe: mixed precision from the model dtype, the launcher's processes and
+    devices (torchrun / accelerate launch), TF32 matmuls on GPUs that have them (model.tf32)."""
     from accelerate import Accelerator
 
     mixed = "bf16" if dtype == torch.bfloat16 else ("fp16" if dtype == torch.float16 else "no")
     if mixed == "fp16" and not torch.cuda.is_available():
         mixed = "no"
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
     return Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+
+
+def model_device(accelerator) -> torch.device | None:
+    """Where a recipe loads the base model: this process's device, so that setup work before
+    ``accelerator.prepare`` (S-DPO's reference pass, growing the embeddings) already runs there; None (the
+    CPU) under FSDP and DeepSpeed, which shard the model themselves as they wrap it."""
+    from accelerate.utils import DistributedType
+
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return None
+    return accelerator.device
 
 
 def run(main, argv=None) -> int:

@@ -35,10 +35,32 @@ def _register() -> None:
     _registered = True
 
 
-def supports(model) -> bool:
+ARCHITECTURES = {"llama", "qwen2", "qwen3", "mistral", "gemma", "phi3", "olmo", "olmo2", "granite", "smollm3"}
+
+
+def supports(model, length: int | None = None) -> bool:
+    """Whether the shared-prefix attention is exact for this model over sequences of ``length`` tokens:
+    plain softmax attention (no logit soft-capping, Gemma-2 style) that sees every earlier token (a
+    sliding window shorter than the sequence would hide some of the prompt, which this function does
+    not). Tested against the plain cache for Llama, Qwen2, Mistral and Gemma (tests/test_architectures.py)."""
     config = getattr(model, "config", None)
-    return config is not None and getattr(config, "model_type", "") in {
-        "llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3", "olmo", "olmo2", "granite", "smollm3"}
+    if config is None or getattr(config, "model_type", "") not in ARCHITECTURES:
+        return False
+    if getattr(config, "attn_logit_softcapping", None):
+        return False
+    window = sliding_window(config)
+    return window is None or (length is not None and length <= window)
+
+
+def sliding_window(config) -> int | None:
+    """The attention window of any layer that has one, else None."""
+    window = getattr(config, "sliding_window", None)
+    if not window:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return window if "sliding_attention" in layer_types else None
+    return None if getattr(config, "use_sliding_window", None) is False else window
 
 
 class PrefixState:

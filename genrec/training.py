@@ -7,6 +7,7 @@ exact batches an uninterrupted run would have seen.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from genrec.encoding import IGNORE_INDEX
 from genrec.errors import CheckpointError
-from genrec.modeling import PLAIN_HEAD_TYPES
+from genrec.output_head import output_rows, plain_head
 
 STATE_DIR = "genrec_state"
 TEMPLATE_FILE = "prompt_template.yaml"
@@ -131,14 +132,14 @@ def _cross_entropy(logits: torch.Tensor, targets: torch.Tensor, weights: torch.T
 
 
 def candidate_logits(model, inputs: dict, keep: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-    """[positions, candidates] logits. With a plain tied output layer only the candidates' rows are
-    multiplied: for SmolLM2-135M the full 49,152 x 576 output layer is ~21% of the forward FLOPs at every
-    position (against ~106M body weights), the 1,682 item rows <1%. The rows come through the input
-    embedding so that peft's trained item-token rows are the ones used."""
-    config = model.config
-    if getattr(config, "model_type", "") in PLAIN_HEAD_TYPES and getattr(config, "tie_word_embeddings", False):
+    """[positions, candidates] logits. With a plain output layer only the candidates' rows are multiplied:
+    for SmolLM2-135M the full 49,152 x 576 output layer is ~21% of the forward FLOPs at every position
+    (against ~106M body weights), the 1,682 item rows <1%. The rows are the output layer's, with peft's
+    trained item-token rows substituted (``genrec.output_head.output_rows``), tied to the input embedding
+    or not."""
+    if plain_head(model):
         hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state[keep]
-        return hidden @ model.get_input_embeddings()(candidates).T
+        return hidden @ output_rows(model, candidates).T
     logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
     return logits.reshape(-1, logits.shape[-1])[:, candidates]
 
@@ -160,6 +161,39 @@ def training_loss(model, batch: dict[str, torch.Tensor], autocast, mixed: bool,
         return completion_loss(model, batch, candidates, null_batch, alpha, groups, preference, prior)
 
 
+class TrainingObjective(torch.nn.Module):
+    """The training step's forward pass as one module: the adapted model plus what the run's loss needs
+    (item-softmax candidates and their levels, the popularity prior, the counterfactual weight, S-DPO).
+
+    Why a module: DDP synchronises gradients, and FSDP / DeepSpeed gather shards, only for work done
+    inside the forward of the module they wrap. The loss reaches into the model (its config, its
+    decoder, its output rows), so the whole loss runs in this forward and ``accelerator.prepare`` wraps
+    this module; ``.model`` is the peft model to save and evaluate. The tensors are buffers, so they
+    move to the accelerator's device with the module."""
+
+    def __init__(self, model, candidates: torch.Tensor | None = None, groups: torch.Tensor | None = None,
+                 prior: torch.Tensor | None = None, alpha: float = 0.0, preference=None, mixed: bool = False):
+        super().__init__()
+        self.model = model
+        # FSDP's auto-wrap shards each of these layers separately (it reads them off the module it wraps)
+        self._no_split_modules = getattr(model, "_no_split_modules", None)
+        for name, value in (("candidates", candidates), ("groups", groups), ("prior", prior)):
+            self.register_buffer(name, value, persistent=False)
+        self.alpha, self.preference, self.mixed = alpha, preference, mixed
+
+    def forward(self, batch: dict[str, torch.Tensor], null_batch: dict[str, torch.Tensor] | None = None,
+                autocast=None) -> torch.Tensor:
+        return training_loss(self.model, batch, autocast or contextlib.nullcontext(), self.mixed, self.candidates,
+                             null_batch, self.alpha, self.groups, self.preference, self.prior)
+
+
+def to_device(batch: dict[str, torch.Tensor] | None, device) -> dict[str, torch.Tensor] | None:
+    """A collated batch on the device the model runs on (non-blocking from pinned memory on GPUs)."""
+    if batch is None:
+        return None
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -179,31 +213,60 @@ class MetricsLog:
         with self.path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")
 
+    def truncate_after(self, step: int) -> None:
+        """Drop the rows of steps after ``step`` (logged by a run killed after its last checkpoint, which the
+        resumed run logs again), and a last line cut off mid-write; atomically."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut off by the kill
+            if row.get("step", 0) <= step:
+                kept.append(line + "\n")
+        atomic_write_text(self.path, "".join(kept))
+
+
+def rng_state() -> dict:
+    """This process's random streams (torch CPU, its GPU's when it has one, python's)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
 
 def write_checkpoint(folder: Path, peft_model, info: dict, config_text: str, template_text: str,
-                     optimizer=None, scheduler=None, trainer_state: dict | None = None,
-                     extra_files: dict[str, str] | None = None) -> Path:
+                     state: dict | None = None, extra_files: dict[str, str] | None = None,
+                     adapter_weights: dict[str, torch.Tensor] | None = None) -> Path:
     """Write an adapter folder atomically: everything goes to a temporary sibling, then one rename.
-    ``extra_files``: name → text written beside the adapter (e.g. semantic item codes)."""
+
+    ``state`` (resumable checkpoints): {"optimizer": its state dict, "scheduler": its state dict, "rngs": one
+    ``rng_state`` per process, so that each process of a resumed run continues its own streams, "trainer":
+    step and the like}. ``extra_files``: name → text written beside the adapter (e.g. semantic item codes).
+    ``adapter_weights``: the adapter's parameters when the model holds only shards of them (genrec.sharding)."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     # item-token rows are saved by peft as trainable tokens; "auto" would also save the whole resized matrix
     tokens = getattr(peft_model.peft_config.get("default"), "trainable_token_indices", None)
-    peft_model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False if tokens else "auto")
+    peft_model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False if tokens else "auto",
+                               state_dict=adapter_weights)
     (tmp / CONFIG_FILE).write_text(config_text)
     (tmp / TEMPLATE_FILE).write_text(template_text)
     (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text, encoding="utf-8")
-    if optimizer is not None:
-        state = tmp / STATE_DIR
-        state.mkdir()
-        torch.save(optimizer.state_dict(), state / "optimizer.pt")
-        torch.save(scheduler.state_dict(), state / "scheduler.pt")
-        torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, state / "rng.pt")
-        (state / "trainer_state.json").write_text(json.dumps(trainer_state or {}, indent=2))
+    if state is not None:
+        folder_state = tmp / STATE_DIR
+        folder_state.mkdir()
+        torch.save(state["optimizer"], folder_state / "optimizer.pt")
+        torch.save(state["scheduler"], folder_state / "scheduler.pt")
+        for rank, rng in enumerate(state.get("rngs") or [rng_state()]):
+            torch.save(rng, folder_state / rng_file(rank))
+        (folder_state / "trainer_state.json").write_text(json.dumps(state.get("trainer") or {}, indent=2))
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -213,6 +276,10 @@ def write_checkpoint(folder: Path, peft_model, info: dict, config_text: str, tem
     return folder
 
 
+def rng_file(rank: int) -> str:
+    return "rng.pt" if rank == 0 else f"rng-{rank}.pt"
+
+
 def read_info(folder: Path) -> dict:
     path = Path(folder) / INFO_FILE
     if not path.is_file():
@@ -220,16 +287,29 @@ def read_info(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
-def load_training_state(folder: Path, optimizer, scheduler) -> dict:
+def load_training_state(folder: Path, rank: int = 0, world: int = 1, sharding: str | None = None) -> dict:
+    """{"optimizer", "scheduler", "trainer"} of a checkpoint, with this process's random streams restored;
+    refuses a checkpoint written by another number of processes (each process's share of the batches,
+    and so every later step, would differ) or with other sharding (the optimizer state's layout differs)."""
     state = Path(folder) / STATE_DIR
     if not (state / "trainer_state.json").is_file():
         raise CheckpointError(f"{folder}: no {STATE_DIR}/ to resume from")
-    optimizer.load_state_dict(torch.load(state / "optimizer.pt", weights_only=True))
-    scheduler.load_state_dict(torch.load(state / "scheduler.pt", weights_only=True))
-    rng = torch.load(state / "rng.pt", weights_only=False)  # python's RNG state is a plain tuple written by us
+    trainer = json.loads((state / "trainer_state.json").read_text())
+    saved_world = trainer.get("processes", 1)
+    if saved_world != world:
+        raise CheckpointError(f"{folder} was written by a run of {saved_world} process(es) and this run has {world}: "
+                              f"resume with {saved_world} (the batches each process sees depend on it), or start "
+                              "over with run.resume=false and a new run.output_dir")
+    if trainer.get("sharding") != sharding:
+        raise CheckpointError(f"{folder} was written under {trainer.get('sharding') or 'DDP / one process'} and this "
+                              f"run is under {sharding or 'DDP / one process'}: resume with the launcher it started with")
+    rng = torch.load(state / rng_file(rank), weights_only=False)  # python's RNG state is a plain tuple written by us
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
-    return json.loads((state / "trainer_state.json").read_text())
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state(rng["cuda"])
+    return {"optimizer": torch.load(state / "optimizer.pt", weights_only=True),
+            "scheduler": torch.load(state / "scheduler.pt", weights_only=True), "trainer": trainer}
 
 
 def checkpoint_dirs(output_dir: Path) -> list[Path]:

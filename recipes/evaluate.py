@@ -1,7 +1,8 @@
 """Evaluate a tuned (or untuned) model under the fixed protocol; writes eval_results.json.
 
     python recipes/evaluate.py --config recipes/configs/ml100k/smollm2_lora.yaml
-    accelerate launch --cpu --num_processes 2 recipes/evaluate.py --config ...      # users sharded
+    accelerate launch --multi_gpu --num_processes 4 recipes/evaluate.py --config ...  # users sharded over 4 GPUs
+    torchrun --nproc_per_node 2 recipes/evaluate.py --config ...                      # ... over 2 CPU processes
     python recipes/evaluate.py --config ... run.checkpoint=base eval.users=100 run.output_dir=runs/base
 
 Full ranking over the whole catalog by trie-constrained beam search, seen items
@@ -55,6 +56,7 @@ def evaluate_pointwise(cfg, accelerator, recommender, users: list[str], checkpoi
             "training_examples": cfg.train.examples, "model": cfg.model.name_or_path,
             "adapter": str(checkpoint) if checkpoint else None, "template": setup.template.source,
             "template_sha256": setup.template.sha256, "dataset": cfg.data.dataset, "seed": cfg.run.seed,
+            "processes": accelerator.num_processes, "threads": torch.get_num_threads(),
         },
         # the same examples scored without a model, from the training ratings (AUC)
         "baselines": rating_baselines(split, asked),
@@ -74,11 +76,11 @@ def evaluate_pointwise(cfg, accelerator, recommender, users: list[str], checkpoi
 def main(argv: list[str]) -> dict:
     cfg = load_config(*parse_cli(argv))
     set_threads()
-    accelerator = make_accelerator(resolve_dtype(cfg.model.dtype))
+    accelerator = make_accelerator(resolve_dtype(cfg.model.dtype), cfg.model.tf32)
     setup_logging(accelerator.is_main_process)
     torch.manual_seed(cfg.run.seed)
 
-    recommender, checkpoint = Recommender.load(cfg)
+    recommender, checkpoint = Recommender.load(cfg, device=accelerator.device)
     split = recommender.setup.split
     users = evaluation_users(split, cfg.eval.users, cfg.run.seed, period_start(cfg), cfg.eval.split)
     if recommender.setup.template.answers:
@@ -113,6 +115,8 @@ def main(argv: list[str]) -> dict:
             dtype=str(resolve_dtype(cfg.model.dtype)).replace("torch.", ""),
             template=recommender.setup.template.source, template_sha256=recommender.setup.template.sha256,
             processes=accelerator.num_processes, threads=torch.get_num_threads(),
+            device=str(next(recommender.model.parameters()).device),
+            attn_implementation=cfg.model.attn_implementation,
         ),
         "baselines": baseline_metrics(cfg, split, users, cfg.eval.split),
         "timing": {"seconds": round(elapsed, 1), "users_per_s": round(len(users) / elapsed, 3)},

@@ -1,7 +1,9 @@
 """Fine-tune a decoder LLM with an adapter to generate the next item.
 
-    accelerate launch recipes/finetune.py --config recipes/configs/ml100k/smollm2_lora.yaml [section.key=value ...]
-    accelerate launch --cpu --num_processes 2 recipes/finetune.py --config ... run.output_dir=runs/x
+    python recipes/finetune.py --config recipes/configs/ml100k/smollm2_lora.yaml [section.key=value ...]
+    accelerate launch --multi_gpu --num_processes 4 recipes/finetune.py --config ...   # DDP on 4 GPUs
+    accelerate launch --config_file recipes/accelerate/fsdp.yaml recipes/finetune.py --config ...
+    torchrun --nproc_per_node 2 recipes/finetune.py --config ...  # 2 CPU processes (gloo)
     python recipes/finetune.py --config ... run.resume=true      # continue exactly where it stopped
 
 Setup (validate data/template, tokenize, load model, attach adapter) → train
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
@@ -30,19 +33,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from genrec import __version__
 from genrec.config import load_config, parse_cli, save_config
 from genrec.counterfactual import NullHistory
-from genrec.encoding import IGNORE_INDEX, tokenized_dataset
+from genrec.encoding import IGNORE_INDEX, tokenize_workers, tokenized_dataset, training_data_fingerprint
 from genrec.ensemble import assemble, member_configs
 from genrec.errors import CheckpointError, ConfigError, DataError
 from genrec.evaluation import evaluation_users, period_start, rank_users, score
 from genrec.modeling import attach_adapter, resolve_dtype
 from genrec.multitask import label_weights
-from genrec.pointwise import evaluation_examples, roc_auc, sharded_scores
+from genrec.pointwise import answer_token_ids, evaluation_examples, preference_scores, roc_auc, sharded_scores
 from genrec.preference import SoftmaxDPO
 from genrec.popularity import candidate_prior, training_weights
 from genrec.recommender import Recommender, prepare
-from genrec.runtime import make_accelerator, run, set_threads, setup_logging
-from genrec.training import (STATE_DIR, MetricsLog, checkpoint_dirs, collate, epoch_batches, load_training_state,
-                             peak_rss_mb, prune_checkpoints, read_info, training_loss, write_checkpoint)
+from genrec.runtime import make_accelerator, model_device, run, set_threads, setup_logging
+from genrec import sharding
+from genrec.training import (STATE_DIR, MetricsLog, TrainingObjective, checkpoint_dirs, collate, epoch_batches,
+                             load_training_state, peak_rss_mb, prune_checkpoints, read_info, rng_state, to_device,
+                             write_checkpoint)
 
 log = logging.getLogger("genrec")
 BEST_DIR = "best"  # train.select_best: the weights of the best validation so far
@@ -59,8 +64,11 @@ def item_softmax_candidates(cfg, setup, data) -> torch.Tensor | None:
     """Sorted item-token ids when the loss is a softmax over items only (atomic ids, train.item_softmax)."""
     if not (setup.item_tokens and cfg.train.item_softmax):
         return None
+    import pyarrow.compute as pc
+
     candidates = torch.tensor(sorted(setup.item_tokens))
-    labels = torch.tensor([tok for row in data["labels"] for tok in row if tok != IGNORE_INDEX])
+    labels = torch.tensor(pc.list_flatten(data.data.column("labels")).to_numpy())
+    labels = labels[labels != IGNORE_INDEX]
     if not torch.isin(labels, candidates).all():
         raise ConfigError(f"train.item_softmax=true needs every trained token to be an item token, but "
                           f"{setup.template.source}'s completion renders other text too; set train.item_softmax=false")
@@ -114,7 +122,7 @@ def load_init_adapter(model, folder: Path, setup) -> None:
 def main(argv: list[str]) -> None:
     cfg = load_config(*parse_cli(argv))
     set_threads()
-    accelerator = make_accelerator(resolve_dtype(cfg.model.dtype))
+    accelerator = make_accelerator(resolve_dtype(cfg.model.dtype), cfg.model.tf32)
     setup_logging(accelerator.is_main_process)
     members = member_configs(cfg)
     for k, member in enumerate(members):
@@ -145,6 +153,14 @@ def train(cfg, accelerator) -> bool:
         if resume_from is None:
             log.info("run.resume: no checkpoint in %s/checkpoints yet; starting fresh", out)
 
+    if sharding.kind(accelerator) == "deepspeed":
+        if cfg.run.resume:
+            raise ConfigError("run.resume=true under DeepSpeed: its engine partitions the optimizer state, which "
+                              "genrec's checkpoints do not hold; resume under DDP or FSDP (recipes/accelerate/)")
+        if cfg.train.grad_accum > 1:
+            raise ConfigError("train.grad_accum > 1 under DeepSpeed: its engine accumulates by its own config; "
+                              "set gradient_accumulation_steps in recipes/accelerate/deepspeed_zero2.yaml instead")
+
     # ---- setup: everything the user wrote is validated before weights load
     setup = prepare(cfg)
     examples = setup.training_examples()
@@ -152,8 +168,9 @@ def train(cfg, accelerator) -> bool:
         raise DataError("no training windows: every user's training part is shorter than data.min_history + 1 "
                         "(or data.train_windows_per_user=0)")
     with accelerator.main_process_first():
-        data = tokenized_dataset(setup.encoder, examples, cfg.data.cache_dir or out / "cache")
-    lengths = data["length"]
+        data = tokenized_dataset(setup.encoder, examples, cfg.data.cache_dir or out / "cache",
+                                 tokenize_workers(cfg.data.tokenize_workers, len(examples)))
+    lengths = data.data.column("length").to_pylist()  # once: the batch order reads it row by row every epoch
     log.info("%d training windows (%s objective), %d users, %d items; mean length %.0f tokens", len(data),
              cfg.train.objective, len(setup.split.sequences), len(setup.split.catalog), sum(lengths) / len(lengths))
     candidates = item_softmax_candidates(cfg, setup, data)
@@ -170,7 +187,8 @@ def train(cfg, accelerator) -> bool:
     alpha = cfg.train.counterfactual_alpha
     null_history = NullHistory(setup.encoder, cfg.train.objective)
 
-    model = setup.load_model(for_training=True)
+    device = model_device(accelerator)
+    model = setup.load_model(for_training=True, device=device)
     model = attach_adapter(model, cfg.adapter, setup.item_tokens)
     if cfg.train.init_adapter:
         load_init_adapter(model, Path(cfg.train.init_adapter), setup)
@@ -181,7 +199,7 @@ def train(cfg, accelerator) -> bool:
         item_of_token = {tok: item for item, tok in enumerate(setup.item_tokens)}
         preference.prepare(model, data, candidates, item_of_token, list(range(len(data))), collate,
                            setup.tokenizer.pad_token_id, accelerator.autocast, cfg.train.batch_size,
-                           accelerator.is_main_process)
+                           accelerator.is_main_process, device)
     if resume_from is not None:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -191,19 +209,26 @@ def train(cfg, accelerator) -> bool:
     log.info("trainable parameters: %d (%.2f%%)", sum(p.numel() for p in trainable),
              100 * sum(p.numel() for p in trainable) / sum(p.numel() for p in model.parameters()))
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    objective = TrainingObjective(model, candidates, levels, prior, cfg.train.counterfactual_alpha, preference,
+                                  mixed=accelerator.mixed_precision != "no")
 
     world, rank = accelerator.num_processes, accelerator.process_index
     per_rank = len(epoch_batches(lengths, cfg.train.batch_size, cfg.run.seed, 0)) // world
     steps_per_epoch = max(1, per_rank // cfg.train.grad_accum)
     total = cfg.train.max_steps or max(1, math.ceil(cfg.train.epochs * steps_per_epoch))
     scheduler = build_scheduler(cfg.train.scheduler, optimizer, int(cfg.train.warmup_ratio * total), total)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    objective, optimizer = accelerator.prepare(objective, optimizer)
+    if rank:  # every process its own dropout and sampling; process 0 keeps the single-process stream
+        torch.manual_seed(cfg.run.seed + 1_000_003 * rank)
     step = 0
     # model selection on validation (train.select_best / train.patience): best NDCG@10 so far, its step, and
     # how many validations since; kept in every checkpoint so that a resumed run selects the same way
     selection = {"best_ndcg": None, "best_step": None, "since_best": 0, "stopped_early": False}
     if resume_from is not None:
-        state = load_training_state(resume_from, optimizer, scheduler)
+        resumed = load_training_state(resume_from, rank, world, sharding.kind(accelerator))
+        sharding.load_optimizer_state(accelerator, objective, optimizer, resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        state = resumed["trainer"]
         step = state["step"]
         selection.update(state.get("selection", {}))
         log.info("resumed from %s at step %d", resume_from, step)
@@ -215,37 +240,61 @@ def train(cfg, accelerator) -> bool:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
     metrics = MetricsLog(out / "metrics.jsonl", accelerator.is_main_process)
+    if resume_from is not None and accelerator.is_main_process:
+        metrics.truncate_after(step)  # rows logged after this checkpoint (a killed run) are replayed, not doubled
     config_text = (out / "config.yaml").read_text() if accelerator.is_main_process else ""
     info = {"genrec_version": __version__, "base_model": cfg.model.name_or_path, "model_path": str(setup.model_path),
             "template_sha256": setup.template.sha256, "item_index": setup.index.fingerprint,
-            "identifier": cfg.items.identifier}
+            "identifier": cfg.items.identifier, "train_data": training_data_fingerprint(setup.encoder, examples),
+            "processes": world}
     valid_key = "valid_auc" if setup.template.answers else "valid_ndcg@10"
     validation_users = evaluation_users(setup.split, cfg.train.eval_users, cfg.run.seed, period_start(cfg), "valid")
 
+    def adapted() -> torch.nn.Module:
+        """The peft model inside whatever wrapper the launcher put around the training objective."""
+        return accelerator.unwrap_model(objective).model
+
     def save(folder: Path, with_state: bool = True) -> None:
         accelerator.wait_for_everyone()
+        # collective under FSDP (every process takes part): whole adapter weights and optimizer state
+        weights = sharding.adapter_weights(accelerator, adapted())
+        state = None
+        if with_state and sharding.resumable(accelerator):
+            state = {"optimizer": sharding.optimizer_state(accelerator, objective, optimizer),
+                     "scheduler": scheduler.state_dict(), "rngs": gather_object([rng_state()]),
+                     "trainer": {"step": step, "total_steps": total, "selection": selection, "processes": world,
+                                 "sharding": sharding.kind(accelerator)}}
         if accelerator.is_main_process:
-            write_checkpoint(folder, accelerator.unwrap_model(model), {**info, "step": step}, config_text,
-                             setup.template.text, optimizer if with_state else None, scheduler,
-                             {"step": step, "total_steps": total, "selection": selection}, setup.checkpoint_files())
+            write_checkpoint(folder, adapted(), {**info, "step": step}, config_text, setup.template.text, state,
+                             setup.checkpoint_files(), weights)
         accelerator.wait_for_everyone()
 
     def validate() -> float:
-        """Validation NDCG@10 (pointwise templates: AUC) on the validation users' held-out items."""
-        net = accelerator.unwrap_model(model)
+        """Validation NDCG@10 (pointwise templates: AUC) on the validation users' held-out items. Users are
+        sharded over the processes; under FSDP every process decodes every user instead, in step, since each
+        forward pass gathers the layers' shards from all of them."""
+        net = adapted()
         net.eval()
-        if setup.template.answers:
-            asked = evaluation_examples(setup.split, validation_users, "valid", cfg.data.max_history,
-                                        cfg.data.like_threshold)
-            scores = sharded_scores(accelerator, net, setup.encoder, asked, cfg.decode.batch_users)
-            net.train()
-            return roc_auc(scores, [bool(ex.label) for ex in asked])
-        rec = Recommender(net, setup)
-        mine = rank_users(rec, validation_users, "valid", 10, rank, world)
+        together = sharding.kind(accelerator) == "fsdp"
+        with sharding.whole_model(accelerator, objective):
+            if setup.template.answers:
+                asked = evaluation_examples(setup.split, validation_users, "valid", cfg.data.max_history,
+                                            cfg.data.like_threshold)
+                if together:
+                    prompts = [setup.encoder.prompt_ids(ex) for ex in asked]
+                    scores = preference_scores(net, prompts, *answer_token_ids(setup.encoder),
+                                               setup.tokenizer.pad_token_id, cfg.decode.batch_users)
+                else:
+                    scores = sharded_scores(accelerator, net, setup.encoder, asked, cfg.decode.batch_users)
+                net.train()
+                return roc_auc(scores, [bool(ex.label) for ex in asked])
+            rec = Recommender(net, setup)
+            mine = rank_users(rec, validation_users, "valid", 10, *((0, 1) if together else (rank, world)))
         net.train()
-        gathered = {}
-        for part in accelerator.gather_for_metrics([mine], use_gather_object=True):
-            gathered.update(part)
+        gathered = dict(mine) if together else {}
+        if not together:
+            for part in accelerator.gather_for_metrics([mine], use_gather_object=True):
+                gathered.update(part)
         return score(gathered, setup.split, validation_users, "valid", [10], bias=False)["ndcg@10"]
 
     def select(ndcg: float) -> None:
@@ -258,8 +307,7 @@ def train(cfg, accelerator) -> bool:
             selection["since_best"] += 1
 
     # ---- train
-    mixed = accelerator.mixed_precision != "no"
-    model.train()
+    objective.train()
     bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=not accelerator.is_main_process)
     window_loss, window_tokens, window_start, epoch_cache = 0.0, 0, time.time(), {}
     stop_at = min(total, cfg.train.halt_after_steps) if cfg.train.halt_after_steps else total
@@ -275,17 +323,17 @@ def train(cfg, accelerator) -> bool:
                      **({"weights": row_weights(l, t, task)} if weights or task_weight != 1.0 else {})}
                     for i, l, t, u, task, row in zip(rows["input_ids"], rows["labels"], rows["target"],
                                                      rows["user_id"], rows["task"], indices)]
-            batch = collate(rows, setup.tokenizer.pad_token_id)
-            null_batch = null_history.batch(rows, setup.tokenizer.pad_token_id) if alpha else None
+            batch = to_device(collate(rows, setup.tokenizer.pad_token_id), accelerator.device)
+            null_batch = to_device(null_history.batch(rows, setup.tokenizer.pad_token_id) if alpha else None,
+                                   accelerator.device)
             last = micro == cfg.train.grad_accum - 1
-            with accelerator.no_sync(model) if not last else contextlib.nullcontext():
-                loss = training_loss(model, batch, accelerator.autocast(), mixed, candidates, null_batch,
-                                     alpha, levels, preference, prior) / cfg.train.grad_accum
+            with accelerator.no_sync(objective) if not last else contextlib.nullcontext():
+                loss = objective(batch, null_batch, accelerator.autocast()) / cfg.train.grad_accum
                 accelerator.backward(loss)
             window_loss += loss.item()
             window_tokens += int(batch["attention_mask"].sum())
         if cfg.train.max_grad_norm:
-            accelerator.clip_grad_norm_(trainable, cfg.train.max_grad_norm)
+            accelerator.clip_grad_norm_(objective.parameters(), cfg.train.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -298,7 +346,7 @@ def train(cfg, accelerator) -> bool:
             tokens = accelerator.reduce(torch.tensor(window_tokens), "sum").item()
             record = {"step": step, "epoch": round(step / steps_per_epoch, 4), "loss": round(loss_mean, 5),
                       "lr": scheduler.get_last_lr()[0], "tokens_per_s": round(tokens / (time.time() - window_start), 1),
-                      "peak_rss_mb": round(peak_rss_mb(), 1)}
+                      "peak_rss_mb": round(peak_rss_mb(), 1), "processes": world}
             metrics.write(record)
             bar.set_postfix(loss=f"{loss_mean:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
             window_loss, window_tokens, window_start = 0.0, 0, time.time()
@@ -332,7 +380,7 @@ def train(cfg, accelerator) -> bool:
         from safetensors.torch import load_file
 
         best = load_file(str(out / BEST_DIR / "adapter_model.safetensors"))
-        set_peft_model_state_dict(accelerator.unwrap_model(model), best)
+        set_peft_model_state_dict(adapted(), best)
         log.info("keeping the weights of step %d (validation NDCG@10 %.4f) over step %d's",
                  selection["best_step"], selection["best_ndcg"], step)
     metrics.write({"step": step, "selected_step": selection["best_step"], f"selected_{valid_key}":

@@ -112,7 +112,9 @@ def test_grow_embeddings_title_init_is_mean_of_text_token_rows(tiny_model_dir, t
     assert model.config.vocab_size == len(tok)
 
 
-def test_grow_embeddings_untied_head_gets_the_same_rows(tiny_model_dir, toy_catalog):
+def test_grow_embeddings_untied_head_gets_rows_from_its_own_weights(tiny_model_dir, toy_catalog):
+    """An untied output layer lives in another space than the input embedding: each new output row is the mean
+    of the output layer's own rows of the item's text tokens (as each new input row is of the input's)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = fresh_tokenizer(tiny_model_dir)
@@ -121,12 +123,17 @@ def test_grow_embeddings_untied_head_gets_the_same_rows(tiny_model_dir, toy_cata
                          num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
     old_head = model.get_output_embeddings().weight.detach().clone()
+    old_embed = model.get_input_embeddings().weight.detach().clone()
     ids = add_item_tokens(tok, atomic_names(toy_catalog))
     grow_embeddings(model, tok, toy_catalog, ids, "title")
     embed, head = model.get_input_embeddings().weight.detach(), model.get_output_embeddings().weight.detach()
     assert head.data_ptr() != embed.data_ptr()
-    assert torch.equal(head[ids], embed[ids])
     assert torch.equal(head[: old_head.shape[0]], old_head)
+    for item, token_id in zip(toy_catalog.items, ids):
+        text_ids = tok(item.text, add_special_tokens=False)["input_ids"]
+        torch.testing.assert_close(head[token_id], old_head[text_ids].mean(0), rtol=0, atol=1e-6)
+        torch.testing.assert_close(embed[token_id], old_embed[text_ids].mean(0), rtol=0, atol=1e-6)
+    assert not torch.allclose(head[ids], embed[ids])
 
 
 def test_grow_embeddings_random_init_is_seeded(tiny_model_dir, toy_catalog):

@@ -3,7 +3,6 @@ checkpoint layout, and a tiny run that halts, resumes, assembles and evaluates."
 
 from __future__ import annotations
 
-import copy
 import json
 from dataclasses import asdict
 
@@ -46,18 +45,31 @@ def test_ensemble_config_errors(tiny_overrides):
 
 
 @pytest.fixture(scope="module")
-def two_models(tiny_model_dir, toy_data_dir):
-    """An atomic setup and two different tiny models over its grown vocabulary."""
+def two_models(tiny_model_dir, toy_data_dir, tmp_path_factory):
+    """An atomic setup, the untuned base, and two different adapters (LoRA and item rows) saved as folders."""
+    from genrec.config import AdapterConfig
+    from genrec.modeling import attach_adapter
+
     cfg = load_config(None, atomic([f"data.path={toy_data_dir}", "data.dataset=toy", "data.max_history=5",
                                     f"model.name_or_path={tiny_model_dir}", "model.dtype=float32"]))
     setup = prepare(cfg)
-    first = setup.load_model().eval()
-    second = copy.deepcopy(first)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for p in second.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return setup, first, second
+    folders = []
+    for seed in (0, 1):
+        model = attach_adapter(setup.load_model(), AdapterConfig(dropout=0.0), setup.item_tokens)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.add_(0.3 * torch.randn_like(p))
+        folders.append(tmp_path_factory.mktemp(f"member{seed}"))
+        model.save_pretrained(str(folders[-1]), save_embedding_layers=False)
+    return setup, setup.load_model().eval(), folders
+
+
+def merged(setup, folder):
+    from genrec.modeling import load_adapter
+
+    return load_adapter(setup.load_model(), folder).merge_and_unload().eval()
 
 
 def prompts_and_exclusions(setup, n: int = 6):
@@ -74,7 +86,7 @@ def test_ensemble_of_one_ranks_like_the_beam_search(two_models):
     for node_prior in (None, 0.7 * prior):
         expected = constrained_topk(model, prompts, setup.index, k=10, num_beams=10, excluded=excluded,
                                     pad_id=setup.tokenizer.pad_token_id, node_prior=node_prior)
-        got = ensemble_topk([model], prompts, setup.index, 10, excluded, setup.tokenizer.pad_token_id, node_prior)
+        got = ensemble_topk(model, prompts, setup.index, 10, excluded, setup.tokenizer.pad_token_id, node_prior)
         for want, have, seen in zip(expected, got, excluded):
             assert [i for i, _ in have] == [i for i, _ in want]
             assert [s for _, s in have] == pytest.approx([s for _, s in want], abs=1e-4)
@@ -82,26 +94,40 @@ def test_ensemble_of_one_ranks_like_the_beam_search(two_models):
 
 
 def test_ensemble_ranks_by_the_mean_log_probability(two_models):
-    setup, first, second = two_models
+    """Two adapters on one base model, switched per forward, rank by the mean of what each adapter merged
+    into its own copy of the base gives, one unpadded prompt at a time."""
+    from genrec.ensemble import member_adapter
+    from genrec.modeling import load_adapter
+
+    setup, _, folders = two_models
     prompts, excluded = prompts_and_exclusions(setup)
     tokens = torch.tensor([seq[0] for seq in setup.index.sequences])
-    got = ensemble_topk([first, second], prompts, setup.index, 10, excluded, setup.tokenizer.pad_token_id)
+    shared = setup.load_model()
+    for k, folder in enumerate(folders):
+        shared = load_adapter(shared, folder, name=member_adapter(k))
+    names = [member_adapter(0), member_adapter(1)]
+    shared.set_adapter(names[0])
+    shared.eval()
+    assert sum(1 for m in shared.modules() if type(m).__name__ == "LlamaForCausalLM") == 1  # one base model
+    got = ensemble_topk(shared, prompts, setup.index, 10, excluded, setup.tokenizer.pad_token_id, adapters=names)
+    assert shared.active_adapters == [names[0]]  # the first member is active again
+    separate = [merged(setup, f) for f in folders]
     for prompt, seen, have in zip(prompts, excluded, got):
         ids = torch.tensor([prompt])  # one prompt at a time, unpadded: the reference
         with torch.no_grad():
-            mean = sum(torch.log_softmax(m(input_ids=ids).logits[0, -1].float(), -1)[tokens] for m in (first, second)) / 2
+            mean = sum(torch.log_softmax(m(input_ids=ids).logits[0, -1].float(), -1)[tokens] for m in separate) / 2
         mean[sorted(seen)] = float("-inf")
         best, items = mean.topk(10)
         assert [i for i, _ in have] == items.tolist()
         assert [s for _, s in have] == pytest.approx(best.tolist(), abs=1e-4)
-    alone = ensemble_topk([first], prompts, setup.index, 10, excluded, setup.tokenizer.pad_token_id)
+    alone = ensemble_topk(separate[0], prompts, setup.index, 10, excluded, setup.tokenizer.pad_token_id)
     assert got != alone  # the second member changes the ranking
 
 
 def test_ensemble_needs_one_token_items(tiny_title_setup):
     setup, model = tiny_title_setup
     with pytest.raises(CheckpointError, match="one-token items"):
-        ensemble_topk([model, model], [[1, 2, 3]], setup.index, 5)
+        ensemble_topk(model, [[1, 2, 3]], setup.index, 5, adapters=["member0", "member1"])
 
 
 def test_member_folders_checks_the_manifest(tmp_path):
