@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--out", required=True)
     x.add_argument("overrides", nargs="*")
     x.set_defaults(func=_explanations)
+    c = sub.add_parser("config-reference", help="print the config reference (every key, default, meaning) as markdown")
+    c.set_defaults(func=lambda a: print(__import__("genrec.config_reference", fromlist=["markdown"]).markdown(), end=""))
     t = sub.add_parser("results", help="table of eval_results.json files")
     t.add_argument("files", nargs="+")
     t.set_defaults(func=lambda a: print(results_table(a.files)))

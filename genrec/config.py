@@ -34,10 +34,10 @@ class DataConfig:
     format: str = "atomic"  # atomic | csv | tsv | jsonl | parquet
     interactions: str | None = None  # tabular formats: interactions file (relative to path)
     items: str | None = None  # tabular formats: item file (relative to path); optional
-    user_column: str = "user_id"
-    item_column: str = "item_id"
-    time_column: str = "timestamp"
-    rating_column: str | None = "rating"
+    user_column: str = "user_id"  # tabular formats: the column holding the user id
+    item_column: str = "item_id"  # tabular formats: the item id column, in the interactions and the item file alike
+    time_column: str = "timestamp"  # tabular formats: the time of each interaction (orders each user's history)
+    rating_column: str | None = "rating"  # tabular formats: the rating column, if any (data.min_rating, pointwise labels, explanations)
     min_rating: float | None = None  # drop interactions rated below this
     k_core: int = 0  # iteratively drop users/items with fewer than k interactions (0 = off)
     item_text: str = "{movie_title} ({release_year})"  # Python format string over item fields
@@ -76,7 +76,7 @@ class ModelConfig:
     dtype: str = "auto"  # auto | float32 | bfloat16 | float16 (auto = bfloat16 where the CPU/GPU supports it)
     quantization: str = "none"  # none | 4bit | 8bit (bitsandbytes)
     bnb_4bit_quant_type: str = "nf4"  # nf4 | fp4
-    bnb_4bit_double_quant: bool = True
+    bnb_4bit_double_quant: bool = True  # 4bit: quantize the quantization constants too (~0.4 bit per weight less)
     bnb_4bit_quant_storage: str | None = None  # 4bit: dtype the packed weights are stored in (null = uint8; FSDP + QLoRA needs the compute dtype, e.g. bfloat16, so that every shard is one dtype)
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (needs the flash-attn package and a GPU)
     device_map: str | None = None  # evaluate/recommend: null = the whole model on this process's device (its GPU when there is one, else the CPU); auto | balanced | sequential = spread over every visible GPU (and the CPU when they are full)
@@ -87,10 +87,10 @@ class ModelConfig:
 @dataclass
 class AdapterConfig:
     method: str = "lora"  # lora | dora | loha | ia3
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(
+    r: int = 16  # adapter rank
+    alpha: int = 32  # LoRA scaling numerator (the update is scaled by alpha / r)
+    dropout: float = 0.05  # dropout on the adapter's input (LoRA) or module (LoHa)
+    target_modules: list[str] = field(  # the linear layers that get an adapter, by name
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     feedforward_modules: list[str] = field(default_factory=lambda: ["gate_proj", "up_proj", "down_proj"])  # ia3 only
@@ -100,31 +100,32 @@ class AdapterConfig:
 class TrainConfig:
     objective: str = "target"  # target: one prompt → next-item completion per window | sequence: loss on every item of a whole-history window (any identifier; titles are tokenized item by item, each ending in the end token)
     item_softmax: bool = True  # atomic ids: cross-entropy over the item tokens only (what constrained decoding ranks), not the whole vocabulary
-    epochs: float = 1.0
+    epochs: float = 1.0  # passes over the training windows (fractions allowed); ignored when max_steps is set
     max_steps: int | None = None  # overrides epochs when set
     batch_size: int = 16  # per process, per micro-step
-    grad_accum: int = 1
-    lr: float = 2e-4
+    grad_accum: int = 1  # micro-steps per optimizer step (effective batch = batch_size x grad_accum x processes)
+    lr: float = 2e-4  # AdamW learning rate of the adapter weights
     embedding_lr: float | None = None  # atomic ids: learning rate of the new item-token rows (null = train.lr)
     target_weighting: str = "none"  # none | inverse_popularity: weight each target's loss by its clipped inverse training popularity (deconfounding)
     weight_power: float = 1.0  # inverse_popularity: weight = (count + 1) ** -weight_power, scaled to mean 1 over training interactions
     weight_clip: float = 10.0  # inverse_popularity: cap on a target's weight
     popularity_prior: float = 0.0  # > 0 (atomic ids, item softmax): train on logits + this * log(training count + 1), PD's popularity term, so the model's own scores leave popularity out (decode.popularity_gamma adds it back)
     counterfactual_alpha: float = 0.0  # > 0: add alpha * CE(logits - logits with the history replaced by a null one) (counterfactual fine-tuning)
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW weight decay
     scheduler: str = "cosine"  # cosine | linear | constant
-    warmup_ratio: float = 0.03
-    max_grad_norm: float = 1.0
+    warmup_ratio: float = 0.03  # share of the steps over which the learning rate rises linearly from 0
+    max_grad_norm: float = 1.0  # clip the gradient norm to this (0 = no clipping)
     max_length: int = 1024  # longer examples are cut from the left of the prompt
     gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass: less memory for long prompts and big models, ~30% more compute per step
-    log_every: int = 10
+    log_every: int = 10  # write loss, lr, tokens/s and peak memory to metrics.jsonl every N steps
     eval_every: int = 0  # validation NDCG@10 on a seeded user sample every N steps (0 = only at the end)
     eval_users: int | None = 64  # users in that sample (null = every validation user)
     select_best: bool = False  # keep the weights of the best validation NDCG@10 (of every eval_every and the end) as the adapter
     patience: int | None = None  # stop after this many validations without a better NDCG@10 (needs eval_every)
     save_every: int = 0  # checkpoint every N optimizer steps (0 = only at the end)
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # newest step checkpoints kept in <output_dir>/checkpoints
     halt_after_steps: int | None = None  # stop early as if interrupted (for time-boxed runs and resume tests)
+    max_minutes: float | None = None  # wall-clock budget of the training loop: after its first steps the run times itself and cuts its step count (the schedule follows) to fit; if it still overruns it halts at the budget with a resumable checkpoint
     init_adapter: str | None = None  # start from this adapter folder's weights (incremental update; the reference of train.loss=softmax_dpo)
     examples: int | None = None  # train on a seeded sample of this many training examples (few-shot; null = all)
     ensemble: int = 1  # > 1 (atomic ids): train this many members (seeds run.seed + 1000k) and rank by their mean log-probability (genrec.ensemble)
@@ -155,8 +156,8 @@ class DecodeConfig:
 class EvalConfig:
     split: str = "test"  # test | valid
     users: int | None = None  # null = every user; N = a seeded sample of N users
-    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
-    baselines: list[str] = field(default_factory=lambda: ["popularity"])
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])  # cutoffs K of hit@K, ndcg@K, mrr@K
+    baselines: list[str] = field(default_factory=lambda: ["popularity"])  # non-LLM systems scored on the same users by the same code
     ips_clip: float = 100.0  # popularity-bias metrics: inverse-propensity weights are capped at this value
     period: str = "all"  # all | after: evaluate only users whose evaluated interaction is at/after data.time_cut (the newer period)
 
@@ -165,7 +166,7 @@ class EvalConfig:
 class RecommendConfig:
     user_id: str | None = None  # recommend for this user's full history ...
     history: list[str] | None = None  # ... or for these item titles/ids (a list, or one string split on '|')
-    k: int = 10
+    k: int = 10  # items recommended
     explain: bool = False  # also explain each recommended item (template with an 'explanation' key; explain.*); `explain=true` for short
 
 
@@ -190,7 +191,7 @@ class ReasonConfig:
     year_field: str | None = "release_year"  # item field holding the year; null = no decade part
     top_genres: int = 2  # genres named, with their counts in the history
     anchors: int = 2  # most recent history items rated >= anchor_min_rating, named by title
-    anchor_min_rating: float = 4.0
+    anchor_min_rating: float = 4.0  # anchors must be rated at least this
     max_new_tokens: int = 64  # inference: most tokens a generated rationale may take
 
 
@@ -204,12 +205,12 @@ class SASRecConfig:
     hidden_dropout: float = 0.5  # on embeddings, attention output and feed-forward output
     attn_dropout: float = 0.5  # on attention weights
     norm_first: bool = False  # false = post-LN (RecBole, the original paper); true = pre-LN
-    layer_norm_eps: float = 1e-12
+    layer_norm_eps: float = 1e-12  # epsilon of every layer norm
     init_std: float = 0.02  # normal init of weights and embeddings
     max_len: int = 50  # most recent items the model reads
     stride: int = 25  # training windows of max_len+1 items step back this far (< max_len: every target sees >= max_len - stride items of context)
     lr: float = 1e-3  # Adam
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # Adam weight decay
     batch_size: int = 128  # training windows per step (each carries up to max_len targets)
     epochs: int = 300  # at most
     patience: int = 20  # stop after this many validations without a better validation NDCG@10 (20: chosen on validation, BENCHMARKS.md)
@@ -453,6 +454,8 @@ def validate(cfg: Config) -> None:
     if (cfg.train.select_best or cfg.train.patience) and not cfg.train.eval_every:
         raise ConfigError("config: train.select_best and train.patience choose among validations during training; "
                           "set train.eval_every (e.g. the steps of one epoch)")
+    if cfg.train.max_minutes is not None and not cfg.train.max_minutes > 0:
+        raise ConfigError(f"config: 'train.max_minutes' must be > 0 (or null for no budget), found {cfg.train.max_minutes}")
     if cfg.train.patience is not None and cfg.train.patience < 1:
         raise ConfigError(f"config: 'train.patience' must be >= 1, found {cfg.train.patience}")
     if (cfg.data.train_period != "all" or cfg.eval.period != "all") and cfg.data.time_cut is None:

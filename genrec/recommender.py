@@ -282,9 +282,14 @@ class Recommender:
         + propensity_bonus(decode.propensity_mix)."""
         dcfg = self.setup.cfg.decode
         gamma, lam, beta = dcfg.popularity_gamma, dcfg.contrastive_lambda, dcfg.propensity_mix
+        cached = self.__dict__.get("_node_prior")
+        if cached is not None and cached[0] == (gamma, lam, beta):
+            return cached[1]  # on the model's device already: no copy per batch
         parts = (([gamma * self.popularity_log_mass] if gamma else []) + ([-lam * self.null_log_prob] if lam else [])
                  + ([self.propensity_bonus(beta)] if beta else []))
-        return sum(parts) if parts else None
+        prior = sum(parts).to(next(self.model.parameters()).device) if parts else None
+        self._node_prior = ((gamma, lam, beta), prior)
+        return prior
 
     def rank(self, examples: list[Example], excluded: list[set[int]], k: int, progress: bool = False,
              desc: str = "decoding", prompts: list[list[int]] | None = None,

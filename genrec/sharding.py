@@ -49,7 +49,7 @@ def optimizer_state(accelerator, objective, optimizer) -> dict:
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-    return get_optimizer_state_dict(objective, _inner(optimizer),
+    return get_optimizer_state_dict(objective, inner(optimizer),
                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -59,7 +59,7 @@ def load_optimizer_state(accelerator, objective, optimizer, state: dict) -> None
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
-    set_optimizer_state_dict(objective, _inner(optimizer), optim_state_dict=state,
+    set_optimizer_state_dict(objective, inner(optimizer), optim_state_dict=state,
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
 
@@ -78,6 +78,6 @@ def whole_model(accelerator, objective):
         objective.reshard()
 
 
-def _inner(optimizer):
+def inner(optimizer):
     """The torch optimizer inside accelerate's wrapper."""
     return getattr(optimizer, "optimizer", optimizer)

@@ -53,11 +53,55 @@ log = logging.getLogger("genrec")
 BEST_DIR = "best"  # train.select_best: the weights of the best validation so far
 
 
-def build_scheduler(name: str, optimizer, warmup: int, total: int):
+def build_scheduler(name: str, optimizer, warmup: int, total: int, advance: int = 0):
+    """The learning-rate schedule over ``total`` steps, moved on by ``advance`` steps already taken (a run
+    cut to its time budget re-plans its schedule part-way)."""
+    import warnings
+
     from transformers import get_scheduler
 
     kind = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}[name]
-    return get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    scheduler = get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": these steps were taken
+        warnings.simplefilter("ignore", UserWarning)
+        for _ in range(advance):
+            scheduler.step()
+    return scheduler
+
+
+class TimeBudget:
+    """train.max_minutes: times the steps after the first few (the first ones warm caches and kernels) and
+    says how many steps fit the budget, once; then says when the budget is spent."""
+
+    CALIBRATION_STEPS = 5
+    MARGIN = 0.95  # plan to end a little early: steps vary in length, and a halt leaves no final adapter
+
+    def __init__(self, minutes: float | None, start_step: int = 0, clock=time.time):
+        self.active = bool(minutes)
+        self.seconds = (minutes or 0) * 60
+        self.clock = clock
+        self.started = clock()
+        self.calibrate_from = (start_step + 1, None)  # (step, time) where timing starts
+        self.seconds_per_step: float | None = None
+
+    def steps_that_fit(self, step: int, slowest) -> int | None:
+        """At the end of the calibration steps: the last step that ends within the budget (else None)."""
+        first, since = self.calibrate_from
+        if since is None:
+            if step == first:
+                self.calibrate_from = (step, self.clock())
+            return None
+        if self.seconds_per_step is not None or step < first + self.CALIBRATION_STEPS:
+            return None
+        self.seconds_per_step = slowest((self.clock() - since) / (step - first))
+        left = self.MARGIN * self.seconds - slowest(self.clock() - self.started)
+        return max(step + 1, step + int(left / self.seconds_per_step))
+
+    def end_of(self, step: int, last: int) -> float:
+        return time.time() + (last - step) * (self.seconds_per_step or 0)
+
+    def spent(self, slowest) -> bool:
+        return slowest(self.clock() - self.started) >= self.seconds
 
 
 def item_softmax_candidates(cfg, setup, data) -> torch.Tensor | None:
@@ -119,6 +163,22 @@ def load_init_adapter(model, folder: Path, setup) -> None:
                               f"{result.unexpected_keys[:3]}")
 
 
+def check_resumable(folder: Path, cfg, setup, train_data: str) -> None:
+    """run.resume continues a run only on what it was trained on: the same template, catalog, identifiers,
+    tokenizer, training examples and base model (what genrec.json recorded), checked before weights load."""
+    saved = read_info(folder)
+    changes = [what for key, mine, what in (
+        ("template_sha256", setup.template.sha256, f"the prompt template ({cfg.prompt.template})"),
+        ("item_index", setup.index.fingerprint, "the catalog, the item identifiers or the tokenizer"),
+        ("train_data", train_data, "the training data (interactions, split or window settings, examples)"),
+        ("base_model", cfg.model.name_or_path, f"the base model (model.name_or_path={cfg.model.name_or_path})"),
+    ) if key in saved and saved[key] != mine]
+    if changes:
+        raise CheckpointError(f"run.resume=true: {folder} was trained on other inputs; changed since: "
+                              f"{'; '.join(changes)}. Undo the change, or start over with run.resume=false and a new "
+                              "run.output_dir")
+
+
 def main(argv: list[str]) -> None:
     cfg = load_config(*parse_cli(argv))
     set_threads()
@@ -167,6 +227,9 @@ def train(cfg, accelerator) -> bool:
     if not examples:
         raise DataError("no training windows: every user's training part is shorter than data.min_history + 1 "
                         "(or data.train_windows_per_user=0)")
+    train_data = training_data_fingerprint(setup.encoder, examples)
+    if resume_from is not None:
+        check_resumable(resume_from, cfg, setup, train_data)
     with accelerator.main_process_first():
         data = tokenized_dataset(setup.encoder, examples, cfg.data.cache_dir or out / "cache",
                                  tokenize_workers(cfg.data.tokenize_workers, len(examples)))
@@ -227,8 +290,12 @@ def train(cfg, accelerator) -> bool:
     if resume_from is not None:
         resumed = load_training_state(resume_from, rank, world, sharding.kind(accelerator))
         sharding.load_optimizer_state(accelerator, objective, optimizer, resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
         state = resumed["trainer"]
+        if cfg.train.max_minutes and state.get("total_steps", total) < total:  # cut to a time budget before
+            total = state["total_steps"]
+            scheduler = build_scheduler(cfg.train.scheduler, sharding.inner(optimizer),
+                                        int(cfg.train.warmup_ratio * total), total)
+        scheduler.load_state_dict(resumed["scheduler"])
         step = state["step"]
         selection.update(state.get("selection", {}))
         log.info("resumed from %s at step %d", resume_from, step)
@@ -245,8 +312,7 @@ def train(cfg, accelerator) -> bool:
     config_text = (out / "config.yaml").read_text() if accelerator.is_main_process else ""
     info = {"genrec_version": __version__, "base_model": cfg.model.name_or_path, "model_path": str(setup.model_path),
             "template_sha256": setup.template.sha256, "item_index": setup.index.fingerprint,
-            "identifier": cfg.items.identifier, "train_data": training_data_fingerprint(setup.encoder, examples),
-            "processes": world}
+            "identifier": cfg.items.identifier, "train_data": train_data, "processes": world}
     valid_key = "valid_auc" if setup.template.answers else "valid_ndcg@10"
     validation_users = evaluation_users(setup.split, cfg.train.eval_users, cfg.run.seed, period_start(cfg), "valid")
 
@@ -306,6 +372,12 @@ def train(cfg, accelerator) -> bool:
         else:
             selection["since_best"] += 1
 
+    def slowest(seconds: float) -> float:
+        """The largest of every process's figure (they must all take the same decision)."""
+        return max(gather_object([seconds]))
+
+    budget = TimeBudget(cfg.train.max_minutes, start_step=step)
+
     # ---- train
     objective.train()
     bar = tqdm(total=total, initial=step, desc="training", unit="step", disable=not accelerator.is_main_process)
@@ -339,6 +411,27 @@ def train(cfg, accelerator) -> bool:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         bar.update(1)
+        if budget.active:
+            fit = budget.steps_that_fit(step, slowest)
+            if fit is not None and fit < total:  # cut the run to the budget; the schedule follows the new length
+                log.info("train.max_minutes=%g: %.1f s/step here, so %d of the %d planned steps fit (%.2f epochs); "
+                         "training ends about %s", cfg.train.max_minutes, budget.seconds_per_step, fit, total,
+                         fit / steps_per_epoch, time.strftime("%H:%M", time.localtime(budget.end_of(step, fit))))
+                metrics.write({"step": step, "budget_steps": fit, "planned_steps": total,
+                               "seconds_per_step": round(budget.seconds_per_step, 3)})
+                total = fit
+                stop_at = min(stop_at, total)
+                scheduler = build_scheduler(cfg.train.scheduler, sharding.inner(optimizer),
+                                            int(cfg.train.warmup_ratio * total), total, advance=step)
+                bar.total = total
+                bar.refresh()
+            elif fit is not None:
+                log.info("train.max_minutes=%g: %.1f s/step here, all %d steps fit; training ends about %s",
+                         cfg.train.max_minutes, budget.seconds_per_step, total,
+                         time.strftime("%H:%M", time.localtime(budget.end_of(step, total))))
+            if step < stop_at and budget.spent(slowest):
+                log.info("train.max_minutes=%g spent at step %d of %d", cfg.train.max_minutes, step, total)
+                stop_at = step
 
         if step % cfg.train.log_every == 0 or step == stop_at:
             n = cfg.train.log_every if step % cfg.train.log_every == 0 else (step % cfg.train.log_every)

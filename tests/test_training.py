@@ -260,3 +260,79 @@ def test_selection_needs_validations(tiny_overrides):
         load_config(None, tiny_overrides + ["train.select_best=true"])
     with pytest.raises(ConfigError, match="train.patience"):
         load_config(None, tiny_overrides + ["train.eval_every=5", "train.patience=0"])
+
+
+def test_resume_refuses_a_run_whose_inputs_changed(tiny_overrides, tmp_path):
+    """run.resume continues only the run it checkpointed: a changed template, catalog or training data is
+    refused before weights load (the checkpoint would otherwise be saved with the new template and items)."""
+    from conftest import write_toy_dataset
+    from genrec.errors import CheckpointError
+
+    finetune = load_recipe("finetune")
+    base = tiny_overrides + ["train.max_steps=4", "train.save_every=2"]
+    finetune.main(base + ["train.halt_after_steps=2"])
+    saved = (tmp_path / "run" / "checkpoints" / "step-000002" / "prompt_template.yaml").read_text()
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(saved.replace("Which movie will they watch next?", "Next movie?"))
+    other_data = write_toy_dataset(tmp_path / "other-data", seed=5)
+    for change, message in ((f"prompt.template={edited}", "the prompt template"),
+                            ("data.item_text={movie_title}", "the catalog, the item identifiers"),
+                            (f"data.path={other_data}", "the training data")):
+        with pytest.raises(CheckpointError, match=message):
+            finetune.main(base + ["run.resume=true", change])
+    assert not (tmp_path / "run" / "adapter").exists()  # nothing was trained on the changed inputs
+    finetune.main(base + ["run.resume=true"])
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # one row per step: none repeated by the resume
+
+
+def test_resume_after_a_kill_logs_each_step_once(tiny_overrides, tmp_path):
+    """A run killed after logging steps past its last checkpoint (and mid-line): the resumed run replays
+    those steps, and metrics.jsonl ends with one row per step."""
+    import shutil
+
+    finetune = load_recipe("finetune")
+    base = tiny_overrides + ["train.max_steps=4", "train.save_every=2"]
+    finetune.main(base + ["train.halt_after_steps=3"])
+    run = tmp_path / "run"
+    shutil.rmtree(run / "checkpoints" / "step-000003")  # as if killed before that checkpoint was written
+    with (run / "metrics.jsonl").open("a") as fh:
+        fh.write('{"step": 4, "loss": 1.2')  # a line cut off by the kill
+    finetune.main(base + ["run.resume=true"])
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
+
+
+def fake_clock(seconds_per_call: float):
+    now = [0.0]
+
+    def clock():
+        now[0] += seconds_per_call
+        return now[0]
+
+    return clock
+
+
+def test_a_time_budget_cuts_the_run_and_its_schedule_to_fit(tiny_overrides, tmp_path, monkeypatch):
+    """train.max_minutes: after 5 timed steps the run plans only the steps that fit; the cosine schedule is
+    re-planned over them (it still ends at lr 0) and the run ends with a final adapter."""
+    finetune = load_recipe("finetune")
+    monkeypatch.setattr(finetune.TimeBudget.__init__, "__defaults__", (0, fake_clock(1.0)))
+    finetune.main(tiny_overrides + ["train.max_steps=200", "train.max_minutes=1", "train.warmup_ratio=0"])
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    plan = next(r for r in rows if "budget_steps" in r)
+    assert plan["planned_steps"] == 200 and 20 < plan["budget_steps"] < 200 and plan["step"] == 6
+    steps = [r for r in rows if "loss" in r]
+    assert steps[-1]["step"] == plan["budget_steps"] and steps[-1]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert json.loads((tmp_path / "run" / "adapter" / "genrec.json").read_text())["step"] == plan["budget_steps"]
+
+
+def test_a_spent_time_budget_halts_with_a_resumable_checkpoint(tiny_overrides, tmp_path, monkeypatch):
+    finetune = load_recipe("finetune")
+    monkeypatch.setattr(finetune.TimeBudget.__init__, "__defaults__", (0, fake_clock(30.0)))
+    finetune.main(tiny_overrides + ["train.max_steps=6", "train.max_minutes=1"])
+    run = tmp_path / "run"
+    assert not (run / "adapter").exists() and (run / "checkpoints" / "step-000001").is_dir()
+    monkeypatch.undo()
+    finetune.main(tiny_overrides + ["train.max_steps=6", "run.resume=true"])
+    assert json.loads((run / "adapter" / "genrec.json").read_text())["step"] == 6
