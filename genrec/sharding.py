@@ -59,6 +59,8 @@ def load_optimizer_state(accelerator, objective, optimizer, state: dict) -> None
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    # the loader builds empty state with a zero-gradient step first, which it skips when gradients exist
+    inner(optimizer).zero_grad(set_to_none=True)
     set_optimizer_state_dict(objective, inner(optimizer), optim_state_dict=state,
                              options=StateDictOptions(full_state_dict=True, broadcast_from_rank0=True))
 
