@@ -134,7 +134,7 @@ def read_table(path: str | Path, fmt: str) -> pd.DataFrame:
         if fmt in TABULAR_SEPARATORS:
             return pd.read_csv(path, sep=TABULAR_SEPARATORS[fmt], dtype=str, keep_default_na=False, encoding="utf-8-sig")
         if fmt == "jsonl":  # dtype=False: dates stay text (_to_seconds reads them), numbers stay numbers
-            return pd.read_json(path, lines=True, dtype=False, encoding="utf-8")
+            return pd.read_json(path, lines=True, dtype=False, encoding="utf-8-sig")
         if fmt == "parquet":
             return pd.read_parquet(path)
     except UnicodeDecodeError:
