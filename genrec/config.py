@@ -477,8 +477,8 @@ BOUNDS: dict[str, tuple] = {
     "train.max_steps": (">=", 1),
     "train.batch_size": (">=", 1),
     "train.grad_accum": (">=", 1),
-    "train.lr": (">", 0),
-    "train.embedding_lr": (">", 0),
+    "train.lr": (">=", 0),  # 0 = the weights stay as they start (a frozen run through the same pipeline)
+    "train.embedding_lr": (">=", 0),
     "train.weight_power": (">=", 0),
     "train.weight_clip": (">=", 1),
     "train.popularity_prior": (">=", 0),

@@ -290,10 +290,9 @@ def test_item_text_unquoted_on_command_line(value):
     ("train.max_steps=0", "'train.max_steps' must be >= 1 or null, found 0"),
     ("train.epochs=-1", "'train.epochs' must be > 0, found -1.0"),
     ("train.epochs=0", "'train.epochs' must be > 0, found 0.0"),
-    ("train.lr=-1", "'train.lr' must be > 0, found -1.0"),
-    ("train.lr=0", "'train.lr' must be > 0, found 0.0"),
-    ("train.lr=nan", "'train.lr' must be > 0, found nan"),
-    ("train.embedding_lr=0", "'train.embedding_lr' must be > 0 or null, found 0.0"),
+    ("train.lr=-1", "'train.lr' must be >= 0, found -1.0"),
+    ("train.lr=nan", "'train.lr' must be >= 0, found nan"),
+    ("train.embedding_lr=-1e-3", "'train.embedding_lr' must be >= 0 or null, found -0.001"),
     ("train.warmup_ratio=1", "'train.warmup_ratio' must be in [0, 1), found 1.0"),
     ("train.warmup_ratio=-0.1", "'train.warmup_ratio' must be in [0, 1), found -0.1"),
     ("train.max_grad_norm=-1", "'train.max_grad_norm' must be >= 0, found -1.0"),
@@ -342,7 +341,8 @@ def test_every_numeric_key_has_a_bound():
 def test_bounds_admit_the_edges_and_null():
     cfg = load_config(None, ["train.max_steps=1", "train.max_steps=null", "train.warmup_ratio=0",
                              "adapter.dropout=0", "train.max_grad_norm=0", "train.keep_checkpoints=0",
-                             "train.max_length=2", "decode.popularity_gamma=-0.5", "train.epochs=0.5"])
+                             "train.max_length=2", "decode.popularity_gamma=-0.5", "train.epochs=0.5",
+                             "train.lr=0", "train.embedding_lr=0"])
     assert cfg.train.max_steps is None and cfg.train.warmup_ratio == 0.0 and cfg.decode.popularity_gamma == -0.5
     assert load_config(None, ["train.max_steps=1"]).train.max_steps == 1
 

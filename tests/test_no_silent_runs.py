@@ -33,7 +33,7 @@ def fails(recipe: str, argv: list[str], capsys) -> str:
 @pytest.mark.parametrize("override, message", [
     ("train.max_steps=0", "config: 'train.max_steps' must be >= 1 or null, found 0"),
     ("train.epochs=-1", "config: 'train.epochs' must be > 0, found -1.0"),
-    ("train.lr=-1", "config: 'train.lr' must be > 0, found -1.0"),
+    ("train.lr=-1", "config: 'train.lr' must be >= 0, found -1.0"),
     ("train.lerning_rate=1e-3", "unknown key 'train.lerning_rate' (did you mean 'lr'?)"),
 ])
 def test_finetune_refuses_bad_settings(tiny_overrides, tmp_path, capsys, no_weights, override, message):
