@@ -36,6 +36,7 @@ item is what constrained decoding allows, so it must depend on the target.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import traceback
 from dataclasses import dataclass, replace
@@ -43,7 +44,7 @@ from pathlib import Path
 
 import jinja2
 import yaml
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 from genrec.data.catalog import Catalog, Item
 from genrec.data.splits import Example
@@ -53,10 +54,62 @@ KNOWN_KEYS = ("name", "description", "system", "prompt", "completion", "rational
 TASK_KEYS = ("masked_item", "item_from_text")  # the self-supervised tasks of genrec.multitask
 LINE_KEYS = ("rationale", "explanation")  # one-line parts the model writes around the completion
 REQUIRED_KEYS = ("name", "prompt", "completion")
-_ENV = ImmutableSandboxedEnvironment(  # templates may read the catalog, never change it
+# Resource limits of rendering: a template is user input, so it may not hang or exhaust memory.
+MAX_RANGE = 10_000  # items a range() in a template may have (histories are at most data.max_history long)
+MAX_OUTPUT = 1_000_000  # characters one rendered template key may produce
+MAX_INT_BITS = 4_096  # ** may not make integers larger than this
 
+
+class _LimitedSandbox(ImmutableSandboxedEnvironment):
+    """Jinja's immutable sandbox (templates may read the catalog, never change it) with size limits on
+    ranges, sequence repetition (``'x' * n``), powers and size arguments of calls (``'x'.center(n)``)."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if isinstance(seq, (str, list, tuple)) and isinstance(n, int) and len(seq) * n > MAX_OUTPUT:
+                    raise SecurityError(
+                        f"{type(seq).__name__} repetition of {len(seq) * n:,} items exceeds the limit of {MAX_OUTPUT:,}")
+        if operator == "**" and isinstance(left, int) and isinstance(right, int) and right > 0 and \
+                abs(left) > 1 and right * max(abs(left), 2).bit_length() > MAX_INT_BITS:
+            raise SecurityError(f"{left} ** {right} exceeds the integer size limit ({MAX_INT_BITS} bits)")
+        return super().call_binop(context, operator, left, right)
+
+    def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 (jinja's signature)
+        _check_sizes(args, kwargs)
+        return super().call(__context, __obj, *args, **kwargs)
+
+
+def _check_sizes(args, kwargs) -> None:
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_OUTPUT:
+            raise SecurityError(f"argument {value:,} exceeds the size limit of {MAX_OUTPUT:,}")
+
+
+def _limited_filter(f):
+    """A filter whose arguments after the filtered value are size-checked (``'x' | center(10**9)``)."""
+    @functools.wraps(f)  # keeps jinja's pass_context/pass_environment marks
+    def limited(*args, **kwargs):
+        marked = getattr(f, "jinja_pass_arg", None) is not None  # then args[0] is the context/environment
+        _check_sizes(args[2 if marked else 1:], kwargs)
+        return f(*args, **kwargs)
+    return limited
+
+
+def _limited_range(*args: int) -> range:
+    rng = range(*args)
+    if len(rng) > MAX_RANGE:
+        raise SecurityError(f"range of {len(rng):,} items exceeds the limit of {MAX_RANGE:,}")
+    return rng
+
+
+_ENV = _LimitedSandbox(
     undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False, autoescape=False
 )
+_ENV.globals["range"] = _limited_range
+_ENV.filters = {name: _limited_filter(f) for name, f in _ENV.filters.items()}
 
 
 @dataclass
@@ -152,20 +205,34 @@ class PromptTemplate:
         return 0
 
     def _render(self, key: str, variables: dict) -> str:
+        """Render one key; any failure (undefined name, an exception inside the template such as {{ 1/0 }},
+        a resource limit) becomes a TemplateError naming the file, its line and the key."""
         template = self._compiled[key]
+        line = None
         try:
-            return template.render(**variables)
-        except jinja2.UndefinedError as e:
-            line = None
+            out, size, chunks = [], 0, template.generate(**variables)
+            for chunk in chunks:
+                size += len(chunk)
+                if size > MAX_OUTPUT:
+                    inner = getattr(chunks, "gi_yieldfrom", None)  # the compiled template's generator
+                    if inner is not None and inner.gi_frame is not None:
+                        line = template.get_corresponding_lineno(inner.gi_frame.f_lineno)
+                    raise SecurityError(f"output exceeds the limit of {MAX_OUTPUT:,} characters")
+                out.append(chunk)
+            return "".join(out)
+        except Exception as e:  # noqa: BLE001 (user code: every failure is the template's)
             for frame in traceback.extract_tb(e.__traceback__):
                 if frame.filename == template.name:
                     line = frame.lineno
             where = f"{self.source}:{self._line_offset[key] + line}" if line else self.source
-            raise TemplateError(
-                f"{where}: in '{key}': {e.message}; available variables: {', '.join(sorted(variables))}"
-            ) from None
-        except jinja2.TemplateError as e:
-            raise TemplateError(f"{self.source}: in '{key}': {e}") from None
+            if isinstance(e, jinja2.UndefinedError):
+                raise TemplateError(
+                    f"{where}: in '{key}': {e.message}; available variables: {', '.join(sorted(variables))}"
+                ) from None
+            if isinstance(e, SecurityError):
+                raise TemplateError(f"{where}: in '{key}': {e} (template resource limits)") from None
+            message = e.message if isinstance(e, jinja2.TemplateError) and e.message else str(e)
+            raise TemplateError(f"{where}: in '{key}': rendering failed: {type(e).__name__}: {message}") from None
 
     def variables(self, example: Example, catalog: Catalog, identifier: str, ratings: dict | None = None,
                   history: list[str] | None = None) -> dict:
@@ -240,9 +307,11 @@ class PromptTemplate:
         return self._render("system", {}) if "system" in self._compiled else None
 
     def check(self, catalog: Catalog, identifier: str) -> None:
-        """Render against real catalog items so undefined names surface before any model loads."""
+        """Render every key against real catalog items, so undefined names, exceptions raised inside the
+        template and resource limits surface as TemplateErrors before any model loads."""
         sample = [catalog[i] for i in range(min(3, len(catalog)))]
         example = Example("validation-user", tuple(it.index for it in sample[:-1]), sample[-1].index)
+        self.render_system()
         self.render_prompt(example, catalog, identifier)
         self._check_tasks(example, catalog, identifier, sample)
         if self.answers:

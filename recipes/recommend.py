@@ -41,7 +41,8 @@ def request(cfg, split: Split) -> Example:
         return Example(user, tuple(seq[-cfg.data.max_history:]), None)
     if cfg.recommend.history:
         catalog: Catalog = split.catalog
-        items = tuple(catalog.find(h).index for h in cfg.recommend.history)
+        # every unknown title in one error, each with its close matches (substring, shared words, spelling)
+        items = tuple(it.index for it in catalog.find_all(cfg.recommend.history, what="recommend.history"))
         return Example("cli", items[-cfg.data.max_history:], None)
     raise ConfigError("say who to recommend for: recommend.user_id=ID or recommend.history='Title (Year)|Title (Year)'")
 

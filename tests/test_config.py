@@ -282,3 +282,124 @@ def test_item_text_quoted_on_command_line():
 @pytest.mark.parametrize("value", ["{movie_title} ({release_year})", "{movie_title}"])
 def test_item_text_unquoted_on_command_line(value):
     assert load_config(None, [f"data.item_text={value}"]).data.item_text == value
+
+
+# ---- numeric bounds: every numeric key of every section ---------------------------------------------------
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_steps=0", "'train.max_steps' must be >= 1 or null, found 0"),
+    ("train.epochs=-1", "'train.epochs' must be > 0, found -1.0"),
+    ("train.epochs=0", "'train.epochs' must be > 0, found 0.0"),
+    ("train.lr=-1", "'train.lr' must be >= 0, found -1.0"),
+    ("train.lr=nan", "'train.lr' must be >= 0, found nan"),
+    ("train.embedding_lr=-1e-3", "'train.embedding_lr' must be >= 0 or null, found -0.001"),
+    ("train.warmup_ratio=1", "'train.warmup_ratio' must be in [0, 1), found 1.0"),
+    ("train.warmup_ratio=-0.1", "'train.warmup_ratio' must be in [0, 1), found -0.1"),
+    ("train.max_grad_norm=-1", "'train.max_grad_norm' must be >= 0, found -1.0"),
+    ("train.weight_decay=-0.01", "'train.weight_decay' must be >= 0, found -0.01"),
+    ("train.log_every=0", "'train.log_every' must be >= 1, found 0"),
+    ("train.eval_every=-1", "'train.eval_every' must be >= 0, found -1"),
+    ("train.save_every=-5", "'train.save_every' must be >= 0, found -5"),
+    ("train.keep_checkpoints=-1", "'train.keep_checkpoints' must be >= 0, found -1"),
+    ("train.max_length=1", "'train.max_length' must be >= 2, found 1"),
+    ("train.halt_after_steps=0", "'train.halt_after_steps' must be >= 1 or null, found 0"),
+    ("train.eval_users=0", "'train.eval_users' must be >= 1 or null, found 0"),
+    ("train.dpo_beta=0", "'train.dpo_beta' must be > 0, found 0.0"),
+    ("adapter.r=0", "'adapter.r' must be >= 1, found 0"),
+    ("adapter.alpha=0", "'adapter.alpha' must be > 0, found 0"),
+    ("adapter.dropout=1", "'adapter.dropout' must be in [0, 1), found 1.0"),
+    ("decode.num_beams=0", "'decode.num_beams' must be >= 1, found 0"),
+    ("decode.contrastive_lambda=-1", "'decode.contrastive_lambda' must be >= 0, found -1.0"),
+    ("decode.length_penalty=inf", "'decode.length_penalty' must be a finite number, found inf"),
+    ("eval.users=0", "'eval.users' must be >= 1 or null, found 0"),
+    ("eval.ks=[0, 10]", "'eval.ks' must be >= 1, found 0"),
+    ("eval.ks=[]", "'eval.ks' needs at least one value"),
+    ("recommend.k=0", "'recommend.k' must be >= 1, found 0"),
+    ("run.seed=-1", "'run.seed' must be between 0 and 4294967295, found -1"),
+    ("data.k_core=-2", "'data.k_core' must be >= 0, found -2"),
+    ("data.min_history=0", "'data.min_history' must be >= 1, found 0"),
+    ("data.train_windows_per_user=0", "'data.train_windows_per_user' must be >= 1 or null, found 0"),
+    ("items.semantic_levels=26", "'items.semantic_levels' must be between 1 and 25, found 26"),
+    ("sasrec.lr=-1e-3", "'sasrec.lr' must be > 0, found -0.001"),
+    ("explain.length_penalty=nan", "'explain.length_penalty' must be a finite number, found nan"),
+])
+def test_out_of_range_values_name_the_key_and_the_bound(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert str(e.value) == f"config: {message}"
+
+
+def test_every_numeric_key_has_a_bound():
+    from genrec.config import BOUNDS, numeric_keys
+
+    keys = numeric_keys()
+    assert {"train.lr", "train.max_steps", "eval.ks", "adapter.r", "sasrec.lr", "run.seed"} <= set(keys)
+    assert sorted(set(keys) - set(BOUNDS)) == []  # a new numeric key needs its range in config.BOUNDS
+    assert sorted(set(BOUNDS) - set(keys)) == []
+
+
+def test_bounds_admit_the_edges_and_null():
+    cfg = load_config(None, ["train.max_steps=1", "train.max_steps=null", "train.warmup_ratio=0",
+                             "adapter.dropout=0", "train.max_grad_norm=0", "train.keep_checkpoints=0",
+                             "train.max_length=2", "decode.popularity_gamma=-0.5", "train.epochs=0.5",
+                             "train.lr=0", "train.embedding_lr=0"])
+    assert cfg.train.max_steps is None and cfg.train.warmup_ratio == 0.0 and cfg.decode.popularity_gamma == -0.5
+    assert load_config(None, ["train.max_steps=1"]).train.max_steps == 1
+
+
+def test_bounds_apply_to_yaml_files_too(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  max_steps: 0\n")
+    with pytest.raises(ConfigError, match="'train.max_steps' must be >= 1 or null, found 0"):
+        load_config(path)
+
+
+def test_shipped_recipe_configs_are_within_bounds():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "recipes" / "configs").rglob("*.yaml"))
+    assert len(configs) >= 15
+    for path in configs:
+        load_config(path)
+
+
+# ---- names other tools use ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("override, hint", [
+    ("train.lerning_rate=1e-3", "did you mean 'lr'?"),  # a near-miss of an alias
+    ("train.learning_rate=1e-3", "did you mean 'lr'?"),
+    ("train.lr_scheduler=linear", "did you mean 'scheduler'?"),
+    ("train.num_epochs=2", "did you mean 'epochs'?"),
+    ("train.num_train_epocs=2", "did you mean 'epochs'?"),
+    ("train.gradient_accumulation_steps=4", "did you mean 'grad_accum'?"),
+    ("train.per_device_train_batch_size=4", "did you mean 'batch_size'?"),
+    ("train.lora_r=8", "did you mean 'adapter.r'?"),
+    ("adapter.lora_r=8", "did you mean 'r'?"),
+    ("adapter.lora_alpha=8", "did you mean 'alpha'?"),
+    ("train.seed=1", "did you mean 'run.seed'?"),  # a key of another section
+    ("train.lrr=1", "did you mean 'lr'?"),
+    ("decode.num_beam=4", "did you mean 'num_beams'?"),
+])
+def test_alias_names_suggest_the_genrec_key(override, hint):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    msg = str(e.value)
+    assert f"unknown key '{override.split('=')[0]}' ({hint})" in msg
+
+
+def test_aliases_are_suggested_not_accepted(tmp_path):
+    from genrec.config import ALIASES
+
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  learning_rate: 1e-3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'train.learning_rate' \(did you mean 'lr'\?\)"):
+        load_config(path)
+    with pytest.raises(ConfigError, match=r"'learning_rate' is not a 'section.key' name \(did you mean 'train.lr'\?\)"):
+        load_config(None, ["learning_rate=1e-3"])
+    with pytest.raises(ConfigError, match=r"unknown section 'lora' \(did you mean 'adapter'\?\)"):
+        load_config(None, ["lora.r=8"])
+    cfg = Config()
+    for alias, target in ALIASES.items():  # every alias points at a real key, and no alias is a key
+        sec, key = target.split(".")
+        assert hasattr(getattr(cfg, sec), key), target
+        assert not any(hasattr(getattr(cfg, s), alias) for s in vars(cfg)), alias

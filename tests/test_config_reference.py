@@ -18,9 +18,9 @@ def test_every_config_key_is_documented():
 
 def test_readme_config_reference_is_the_generated_one():
     text = README.read_text()
-    start = text.index("## Config reference")
-    section = text[start: text.index("\n## ", start + 5)]
-    table = section[section.index("| key | default | meaning |"):].rstrip() + "\n"
+    start = text.index("| key | default | meaning |", text.index("## Config reference"))
+    lines = text[start:].split("\n")
+    table = "\n".join(lines[: next(i for i, line in enumerate(lines) if not line.startswith("|"))]) + "\n"
     assert table == markdown(), "README's config reference is stale: paste the output of `genrec config-reference`"
 
 

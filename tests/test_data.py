@@ -145,6 +145,54 @@ def test_read_atomic_missing_file(tmp_path):
         read_atomic(tmp_path / "nope.inter")
 
 
+def test_read_atomic_not_utf8_names_line_byte_and_column(tmp_path):
+    path = tmp_path / "x.inter"
+    path.write_bytes((INTER_HEADER + "\n1\t1\t4\t10\n").encode() + "2\tcafé\t3\t20\n".encode("latin-1"))
+    with pytest.raises(DataError) as e:
+        read_atomic(path)
+    assert str(e.value).startswith(f"{path}:3: not UTF-8 (byte 0xe9 at column 6)")
+    item = tmp_path / "y.item"  # a non-ASCII character before the bad byte counts as one column
+    item.write_bytes(ITEM_HEADER.encode() + "\n1\tAmélie\t".encode() + b"\x93quoted\x94\t2001\n")
+    with pytest.raises(DataError, match=r"y\.item:2: not UTF-8 \(byte 0x93 at column 10\)"):
+        read_atomic(item)
+
+
+def test_read_atomic_utf8_bom_is_not_part_of_the_first_column(tmp_path):
+    path = tmp_path / "x.inter"
+    path.write_bytes("\ufeff".encode() + (INTER_HEADER + "\n1\t1\t4\t10\n").encode())
+    assert list(read_atomic(path).columns) == ["user_id", "item_id", "rating", "timestamp"]
+
+
+def test_read_atomic_empty_file(tmp_path):
+    path = tmp_path / "x.inter"
+    path.write_bytes(b"")
+    with pytest.raises(DataError) as e:
+        read_atomic(path)
+    assert str(e.value) == f"{path}: file is empty"
+    folder = write_atomic(tmp_path / "d")
+    (folder / "toy.item").write_bytes(b"")
+    with pytest.raises(DataError, match=r"toy\.item: file is empty"):
+        load_split(cfg_for(folder))
+
+
+@pytest.mark.parametrize("sep, name", [(" ", "spaces"), (",", "commas")])
+def test_read_atomic_space_separated_says_tabs(tmp_path, sep, name):
+    path = tmp_path / "x.inter"
+    path.write_text(INTER_HEADER.replace("\t", sep) + "\n" + sep.join(["196", "242", "3", "881250949"]) + "\n")
+    with pytest.raises(DataError) as e:
+        read_atomic(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}:1: the header is separated by {name}")
+    assert "tab-separated" in msg and "expects a number" not in msg
+
+
+def test_read_atomic_iso_date_in_float_column_points_to_token(tmp_path):
+    path = tmp_path / "x.inter"
+    path.write_text(INTER_HEADER + "\n1\t1\t4\t2024-05-01T10:00:00\n")
+    with pytest.raises(DataError, match="x.inter:2: field 'timestamp' expects a number.*declare it timestamp:token"):
+        read_atomic(path)
+
+
 # --------------------------------------------------------------------------- split
 
 
@@ -279,16 +327,26 @@ def test_tabular_min_rating_matches_atomic(tmp_path, toy, fmt):
     assert [it.text for it in a.catalog.items] == [it.text for it in b.catalog.items]
 
 
-def test_tabular_without_item_file_uses_plain_ids(tmp_path):
+def test_tabular_without_item_file_uses_plain_ids_only_when_asked(tmp_path, caplog):
     folder = tmp_path / "noitems"
     folder.mkdir()
     inter, _ = _tabular_frames()
     inter.to_csv(folder / "events.csv", index=False)
-    sp = load_split(load_config(None, [f"data.path={folder}", "data.format=csv", "data.interactions=events.csv",
-                                       "data.user_column=uid", "data.item_column=iid", "data.time_column=ts",
-                                       "data.rating_column=score"]))
+    base = [f"data.path={folder}", "data.format=csv", "data.interactions=events.csv", "data.user_column=uid",
+            "data.item_column=iid", "data.time_column=ts", "data.rating_column=score"]
+    with pytest.raises(DataError) as e:  # the default item_text asks for titles that do not exist
+        load_split(load_config(None, base))
+    msg = str(e.value)
+    assert "6 of 6 items have no text" in msg and "no item file" in msg and "first ids: 1, 2, 3, 4, 5" in msg
+    assert "data.missing_item_text=placeholder" in msg and "events.csv" in msg
+    with caplog.at_level("WARNING", logger="genrec"):
+        sp = load_split(load_config(None, base + ["data.missing_item_text=placeholder"]))
     assert sp.sequences == SEQUENCES
     assert [it.text for it in sp.catalog.items] == ["item_1", "item_2", "item_3", "item_4", "item_5", "item_10"]
+    assert "6 of 6 items have no text" in caplog.text and "placeholder" in caplog.text
+    # a text made of the id alone needs no item file
+    sp = load_split(load_config(None, base + ["data.item_text=product {item_id}"]))
+    assert [it.text for it in sp.catalog.items][:2] == ["product 1", "product 2"]
 
 
 def test_missing_column_names_column_and_config_key(tmp_path, toy):
@@ -327,6 +385,53 @@ def test_tabular_non_numeric_timestamp(tmp_path):
         load_split(load_config(None, overrides))
     msg = str(e.value)
     assert "events.csv" in msg and "'ts'" in msg and "row 2" in msg and "'yesterday'" in msg
+
+
+def test_tabular_not_utf8_and_empty(tmp_path):
+    path = tmp_path / "events.csv"
+    path.write_bytes(b"uid,iid,ts\n1,1,10\n2,M\xfcller,20\n")
+    with pytest.raises(DataError) as e:
+        read_table(path, "csv")
+    assert str(e.value).startswith(f"{path}:3: not UTF-8 (byte 0xfc at column 4)")
+    path.write_bytes(b"")
+    with pytest.raises(DataError) as e:
+        read_table(path, "csv")
+    assert str(e.value) == f"{path}: file is empty"
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl", "atomic"])
+def test_iso_8601_timestamps_are_read_as_utc_seconds(tmp_path, fmt):
+    stamps = ["2024-05-01", "2024-05-01T00:00:10Z", "2024-05-01T02:00:20+02:00", "2024-05-01 00:00:30.5"]
+    rows = [("u1", "a", stamps[2]), ("u1", "b", stamps[0]), ("u1", "c", stamps[3]), ("u1", "d", stamps[1])]
+    folder = tmp_path / fmt
+    folder.mkdir()
+    if fmt == "csv":
+        (folder / "events.csv").write_text("user_id,item_id,timestamp\n" + "".join(",".join(r) + "\n" for r in rows))
+        base = ["data.format=csv", "data.interactions=events.csv"]
+    elif fmt == "jsonl":
+        (folder / "events.jsonl").write_text("".join(json.dumps(dict(zip(("user_id", "item_id", "timestamp"), r))) + "\n"
+                                                     for r in rows))
+        base = ["data.format=jsonl", "data.interactions=events.jsonl"]
+    else:
+        (folder / "d.inter").write_text("user_id:token\titem_id:token\ttimestamp:token\n" +
+                                        "".join("\t".join(r) + "\n" for r in rows))
+        base = ["data.dataset=d"]
+    sp = load_split(load_config(None, [f"data.path={folder}", "data.item_text={item_id}", *base]))
+    start = 1714521600.0  # 2024-05-01T00:00:00Z
+    assert sp.times["u1"] == [start, start + 10, start + 20, start + 30.5]
+    assert [sp.catalog[i].item_id for i in sp.sequences["u1"]] == ["b", "d", "a", "c"]
+
+
+def test_timestamps_mixing_numbers_and_dates_or_neither(tmp_path):
+    folder = tmp_path / "mix"
+    folder.mkdir()
+    (folder / "events.csv").write_text("user_id,item_id,timestamp\n1,a,2024-05-01\n1,b,1714521600\n1,c,2024-05-02\n")
+    base = [f"data.path={folder}", "data.format=csv", "data.interactions=events.csv", "data.item_text={item_id}"]
+    with pytest.raises(DataError, match=r"mixes numbers \(row 2: '1714521600'\) and ISO 8601 dates \(row 1"):
+        load_split(load_config(None, base))
+    (folder / "events.csv").write_text("user_id,item_id,timestamp\n1,a,2024-05-01\n1,b,May 2nd\n")
+    with pytest.raises(DataError, match=r"row 2 expects a number \(unix seconds\) or an ISO 8601 .*'May 2nd'"):
+        load_split(load_config(None, base))
 
 
 def test_unreadable_table(tmp_path):
@@ -419,19 +524,53 @@ def test_data_path_required_for_custom_dataset():
 # --------------------------------------------------------------------------- catalog
 
 
-def test_items_missing_from_item_file_use_plain_id(tmp_path):
+def test_items_missing_from_item_file_are_an_error_naming_them(tmp_path):
+    rows = ROWS + [("1", "99", 4.0, 5.0), ("2", "77", 4.0, 5.0)]
+    folder = write_atomic(tmp_path / "extra", rows=rows)
+    with pytest.raises(DataError) as e:
+        load_split(cfg_for(folder))
+    msg = str(e.value)
+    assert "2 of 8 items have no text for data.item_text '{movie_title} ({release_year})'" in msg
+    assert "first ids: 77, 99" in msg and "missing from the item file" in msg
+    assert "data.missing_item_text=placeholder" in msg and "'item_77'" in msg
+
+
+def test_items_missing_from_item_file_use_plain_id_when_asked(tmp_path, caplog):
     rows = ROWS + [("1", "99", 4.0, 5.0)]
     folder = write_atomic(tmp_path / "extra", rows=rows)
-    sp = load_split(cfg_for(folder))
+    with caplog.at_level("WARNING", logger="genrec"):
+        sp = load_split(cfg_for(folder, "data.missing_item_text=placeholder"))
     item = sp.catalog.by_id["99"]
     assert item.text == "item_99" and item.plain_id == "item_99"
     assert item.index == len(sp.catalog) - 1  # natural order: 99 after 10
+    assert sp.catalog.by_id["1"].text == "Alpha (1995)"  # the others keep their titles
+    assert "1 of 7 items have no text" in caplog.text and "first ids: 99" in caplog.text
+
+
+def test_items_whose_text_fields_are_all_empty_lack_text(tmp_path):
+    items = ITEMS[:2] + [("3", "", "")] + ITEMS[3:]
+    folder = write_atomic(tmp_path / "blank", items=items)
+    with pytest.raises(DataError, match=r"1 of 6 items have no text .*first ids: 3\b"):
+        load_split(cfg_for(folder))
+    # one empty field of two is still a text
+    items = ITEMS[:2] + [("3", "Gamma", "")] + ITEMS[3:]
+    folder = write_atomic(tmp_path / "half", items=items)
+    assert load_split(cfg_for(folder)).catalog.by_id["3"].text == "Gamma ()"
 
 
 def test_catalog_without_item_file(tmp_path):
     folder = write_atomic(tmp_path / "noitems", items=None)
-    sp = load_split(cfg_for(folder, "items.id_format=m{item_id}"))
+    with pytest.raises(DataError, match="6 of 6 items have no text .*no item file"):
+        load_split(cfg_for(folder, "items.id_format=m{item_id}"))
+    sp = load_split(cfg_for(folder, "items.id_format=m{item_id}", "data.missing_item_text=placeholder"))
     assert [it.text for it in sp.catalog.items] == ["m1", "m2", "m3", "m4", "m5", "m10"]
+
+
+def test_embedded_ml100k_loads_with_every_item_titled():
+    sp = load_split(load_config())  # the default config: data.missing_item_text=error
+    assert len(sp.catalog) == 1682 and len(sp.sequences) == 943
+    assert sp.catalog.by_id["1"].text == "Toy Story (1995)"
+    assert not [it for it in sp.catalog.items if it.text == it.plain_id]
 
 
 def test_item_text_with_unknown_field(toy):
@@ -493,3 +632,62 @@ def test_disambiguation_never_collides_with_existing_titles():
     catalog = Catalog.build(["1", "2", "3"], frame, "{t}", "item_{item_id}")
     texts = [it.text for it in catalog.items]
     assert len(set(texts)) == 3, texts
+
+
+LONG_TITLES = [
+    "Acme Pro X2 Wireless Bluetooth Over-Ear Headphones with Active Noise Cancelling, 40-Hour Battery Life, "
+    "Deep Bass, Soft Memory-Foam Ear Cups and Built-in Microphone - Black",
+    "Acme Pro X2 Wired Studio Monitor Headphones with Detachable Coiled Cable, 50mm Drivers, Foldable Design "
+    "and Carrying Pouch for Recording, Mixing and Podcasting - Silver",
+    "Stainless Steel Insulated Water Bottle with Straw Lid, Leak-Proof, Keeps Drinks Cold for 24 Hours and Hot "
+    "for 12 Hours, BPA-Free, Wide Mouth, 32 oz - Ocean Blue Gradient",
+]
+
+
+@pytest.fixture()
+def products():
+    frame = pd.DataFrame({"item_id": ["B01", "B02", "B03"], "title": LONG_TITLES}).set_index("item_id", drop=False)
+    return Catalog.build(["B01", "B02", "B03"], frame, "{title}", "item_{item_id}")
+
+
+def test_long_titles_given_in_part_get_close_matches(products):
+    assert all(len(t) > 150 for t in LONG_TITLES)
+    # a substring of the title
+    assert products.close_matches("Insulated Water Bottle with Straw Lid")[0] == LONG_TITLES[2]
+    # a few of its words, out of order, one lower-cased
+    assert products.close_matches("noise cancelling wireless headphones")[0] == LONG_TITLES[0]
+    assert products.close_matches("studio monitor headphones")[0] == LONG_TITLES[1]
+    with pytest.raises(DataError) as e:
+        products.find("Acme wireless headphones noise cancelling")
+    assert f"close matches: {LONG_TITLES[0]!r}" in str(e.value)
+    assert products.close_matches("zzzz qqqq") == []
+
+
+def test_find_all_reports_every_unknown_item_at_once(products):
+    assert [it.item_id for it in products.find_all(["B02", LONG_TITLES[0]])] == ["B02", "B01"]
+    with pytest.raises(DataError) as e:
+        products.find_all(["B02", "Water Bottle Straw Lid", "zzzz qqqq", "studio monitor headphones"],
+                          what="recommend.history")
+    msg = str(e.value)
+    assert msg.startswith("recommend.history: 3 of 4 items are unknown")
+    assert f"'Water Bottle Straw Lid'; close matches: {LONG_TITLES[2]!r}" in msg
+    assert "'zzzz qqqq' (nothing close)" in msg
+    assert f"'studio monitor headphones'; close matches: {LONG_TITLES[1]!r}" in msg
+    with pytest.raises(DataError, match=r"^unknown item 'zzzz qqqq' \(not a title"):  # one unknown: find's message
+        products.find_all(["B01", "zzzz qqqq"])
+
+
+def test_recommend_request_reports_every_unknown_title(products):
+    from helpers_recipes import load_recipe
+    from genrec.data.splits import Split
+
+    request = load_recipe("recommend").request
+    split = Split(products, {"u": [0, 1, 2]})
+    cfg = load_config(None, ["recommend.history=B03|Wireless Headphones Noise Cancelling|Monitor Headphones Coiled"])
+    with pytest.raises(DataError) as e:
+        request(cfg, split)
+    msg = str(e.value)
+    assert msg.startswith("recommend.history: 2 of 3 items are unknown")
+    assert LONG_TITLES[0] in msg and LONG_TITLES[1] in msg
+    cfg = load_config(None, ["recommend.history=B03|B01"])
+    assert request(cfg, split).history == (2, 0)

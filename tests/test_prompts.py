@@ -68,7 +68,7 @@ def test_shipped_templates_load_and_check(path, identifier, catalog):
         assert t.render_completion(item, identifier) == item.identifier(identifier)
     if path.name not in ("next_item_atomic.yaml", "next_item_semantic.yaml", "next_item_title_sequence.yaml",
                          "reason_then_recommend.yaml", "next_item_atomic_multitask.yaml",
-                         "recommend_then_explain.yaml"):  # prompt.chat=off
+                         "recommend_then_explain.yaml", "next_item_atomic_products.yaml"):  # prompt.chat=off
         assert t.render_system()  # every chat template ships a system prompt
     prompt = t.render_prompt(Example("u", (0, 1), 2), catalog, identifier)
     assert not prompt.startswith("\n") and not prompt.endswith("\n")
@@ -344,3 +344,46 @@ def test_word_tokenizer_round_trip(word_tokenizer):
     assert len(ids) == 3
     assert word_tokenizer.eos_token == "</s>" and word_tokenizer.pad_token == "<pad>"
     assert word_tokenizer.eos_token_id != word_tokenizer.pad_token_id
+
+
+# ---- render-time failures and resource limits ---------------------------------------------------------------
+
+RAISING = [
+    ("prompt", "{{ 1/0 }}", "rendering failed: ZeroDivisionError: division by zero"),
+    ("prompt", "{% for i in range(10**9) %}.{% endfor %}", "exceeds the size limit"),
+    ("prompt", "{% for i in range(20000) %}.{% endfor %}", "range of 20,000 items exceeds the limit of 10,000"),
+    ("prompt", "{{ 'ab' * 10**9 }}", "str repetition of 2,000,000,000 items exceeds the limit of 1,000,000"),
+    ("prompt", "{{ history * 10**8 }}", "list repetition of 200,000,000 items exceeds the limit"),  # 2 items
+    ("prompt", "{{ 'x' | center(10**9) }}", "argument 1,000,000,000 exceeds the size limit"),
+    ("prompt", "{{ 'x'.ljust(10**9) }}", "argument 1,000,000,000 exceeds the size limit"),
+    ("prompt", "{{ 7 ** (10**9) }}", "exceeds the integer size limit"),
+    ("prompt", "{% for i in range(2000) %}{% for j in range(2000) %}xxx{% endfor %}{% endfor %}",
+     "output exceeds the limit of 1,000,000 characters"),
+    ("completion", "{{ target }}{{ (target | length) // 0 }}", "rendering failed: ZeroDivisionError"),
+    ("system", "{{ {}.missing.deeper }}", "in 'system'"),
+]
+
+
+@pytest.mark.parametrize("key, expr, fragment", RAISING, ids=[f"{k}:{e[:20]}" for k, e, _ in RAISING])
+def test_render_time_failures_are_template_errors_with_file_line_and_key(tmp_path, catalog, key, expr, fragment):
+    parts = {"system": "You recommend.", "prompt": "Watched:\n{{ history | join(', ') }}", "completion": "{{ target }}"}
+    parts[key] = (parts[key] + "\n" + expr) if key != "completion" else expr
+    text = "name: r\n" + "".join(f"{k}: |\n" + "".join(f"  {line}\n" for line in v.splitlines())
+                                   for k, v in parts.items())
+    path = write(tmp_path, text)
+    template = PromptTemplate.load(path)  # compiles: these fail only when rendered
+    with pytest.raises(TemplateError) as e:
+        template.check(catalog, "title")  # the check every recipe runs before weights load
+    msg = str(e.value)
+    assert msg.startswith(f"{path}:{line_of(text, expr)}: in '{key}': "), msg
+    assert fragment in msg
+
+
+def test_limits_leave_ordinary_templates_alone(tmp_path, catalog):
+    text = ("name: ok\nprompt: |\n  {% for i in range(history | length) %}{{ loop.index }}. {{ history[i] }}\n"
+            "  {% endfor %}{{ '-' * 10 }} {{ 2 ** 10 }} {{ 'x' | center(5) }}\ncompletion: \"{{ target }}\"\n")
+    t = PromptTemplate.load(write(tmp_path, text))
+    t.check(catalog, "title")
+    example = Example("u", (0, 1), 2)
+    assert t.render_prompt(example, catalog, "title") == \
+        "1. Toy Story (1995)\n2. Heat (1995)\n---------- 1024   x  "

@@ -10,6 +10,8 @@ once assigned, the semantic id ``<a_3><b_17><c_0><d_0>`` (genrec.semantic_ids). 
 from __future__ import annotations
 
 import difflib
+import logging
+import math
 import re
 import string
 from dataclasses import dataclass, field, replace
@@ -17,6 +19,8 @@ from dataclasses import dataclass, field, replace
 import pandas as pd
 
 from genrec.errors import DataError
+
+log = logging.getLogger("genrec")
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,7 @@ class Catalog:
         self.by_id = {it.item_id: it for it in items}
         kinds = IDENTIFIER_KINDS if all(it.semantic for it in items) else IDENTIFIER_KINDS[:-1]
         self._by_identifier = {kind: {it.identifier(kind): it for it in items} for kind in kinds}
+        self._words = None  # word -> titles holding it, and word weights (close_matches builds it once)
 
     def assign_semantic(self, strings: list[str]) -> None:
         """Give every item its semantic-id string (catalog order); strings must be distinct."""
@@ -81,12 +86,21 @@ class Catalog:
         return self.items[index]
 
     @classmethod
-    def build(cls, item_ids, item_frame: pd.DataFrame | None, text_format: str, id_format: str, source: str = "items") -> "Catalog":
-        """Catalog over ``item_ids`` (those seen in interactions), text from ``item_frame`` if given."""
+    def build(cls, item_ids, item_frame: pd.DataFrame | None, text_format: str, id_format: str, source: str = "items",
+              missing_text: str = "placeholder") -> "Catalog":
+        """Catalog over ``item_ids`` (those seen in interactions), text from ``item_frame`` if given.
+
+        An item lacks text when ``text_format`` uses fields other than ``item_id`` and the item is not in
+        ``item_frame`` (or there is none), or every such field of its row is empty. ``missing_text``:
+        "placeholder" names it by its plain id (``id_format``), logging a warning with the count when the
+        format asked for fields; "error" raises a DataError naming how many lack text and the first ids
+        (the config path, data.missing_item_text, defaults to it).
+        """
         ids = sorted({str(i) for i in item_ids}, key=lambda i: (_natural_key(i), i))  # total order: "1" vs "01"
         needed = _format_fields(text_format)
+        text_fields = [f for f in needed if f != "item_id"]
         if item_frame is not None:
-            missing = [f for f in needed if f not in item_frame.columns and f != "item_id"]
+            missing = [f for f in text_fields if f not in item_frame.columns]
             if missing:
                 raise DataError(
                     f"{source}: data.item_text '{text_format}' uses field(s) {missing} that the item file lacks; "
@@ -95,11 +109,28 @@ class Catalog:
             records = item_frame.to_dict("index")
         else:
             records = {}
+        lacking = [i for i in ids if text_fields and (i not in records or all(
+            pd.isna(records[i].get(f)) or str(records[i].get(f)).strip() == "" for f in text_fields))]
+        if lacking:
+            where = "there is no item file" if item_frame is None else "they are missing from the item file or " \
+                                                                       "have every field of it empty"
+            what = (f"{len(lacking)} of {len(ids)} items have no text for data.item_text '{text_format}' ({where}); "
+                    f"first ids: {', '.join(lacking[:5])}")
+            if missing_text == "error":
+                raise DataError(
+                    f"{source}: {what}. Their text would be a placeholder like '{id_format.format(item_id=lacking[0])}', "
+                    "which the model would read and write as if it were a title. Add them to the item file "
+                    "(data.items, or <dataset>.item), set data.item_text to fields every item has, or set "
+                    "data.missing_item_text=placeholder to name them by their plain ids (items.id_format)")
+            log.warning("%s: %s; they are named by their plain ids (data.missing_item_text=placeholder)", source, what)
+        lacking_set = set(lacking)
         items, seen_text, taken = [], {}, set()
         for index, item_id in enumerate(ids):
             fields = {k: ("" if pd.isna(v) else v) for k, v in records.get(item_id, {}).items()}
             fields["item_id"] = item_id
-            if item_frame is not None and item_id in records:
+            if item_id in lacking_set:
+                text = id_format.format(item_id=item_id)
+            elif item_frame is not None and item_id in records or not text_fields:
                 try:
                     text = text_format.format(**fields).strip()
                 except (KeyError, ValueError, IndexError) as e:
@@ -122,14 +153,77 @@ class Catalog:
 
     def find(self, query: str, kind: str | None = None) -> Item:
         """An item by identifier (title or plain id) or original id; a close-match error otherwise."""
+        item = self._lookup(query, kind)
+        if item is None:
+            raise DataError(f"unknown item {' '.join(str(query).split())!r} (not a title, plain id or item id in the "
+                            f"catalog){self._close_hint(query)}")
+        return item
+
+    def find_all(self, queries: list[str], what: str = "items") -> list[Item]:
+        """Items for every query, or one DataError listing every unknown one with its close matches."""
+        found = [self._lookup(q) for q in queries]
+        unknown = [q for q, it in zip(queries, found) if it is None]
+        if len(unknown) == 1:
+            self.find(unknown[0])  # the single-item message
+        if unknown:
+            lines = "; ".join(f"{' '.join(str(q).split())!r}{self._close_hint(q) or ' (nothing close)'}"
+                              for q in unknown)
+            raise DataError(f"{what}: {len(unknown)} of {len(queries)} items are unknown (not a title, plain id or "
+                            f"item id in the catalog): {lines}")
+        return found
+
+    def _lookup(self, query: str, kind: str | None = None) -> Item | None:
         query = " ".join(str(query).split())
         for k in ([kind] if kind else IDENTIFIER_KINDS):
             if query in self._by_identifier.get(k, {}):
                 return self._by_identifier[k][query]
-        if query in self.by_id:
-            return self.by_id[query]
-        names = list(self._by_identifier["title"])
-        lowered = {n.lower(): n for n in names}
-        close = difflib.get_close_matches(query.lower(), list(lowered), n=3, cutoff=0.6)
-        hint = f"; close matches: {', '.join(repr(lowered[c]) for c in close)}" if close else ""
-        raise DataError(f"unknown item {query!r} (not a title, plain id or item id in the catalog){hint}")
+        return self.by_id.get(query)
+
+    def _close_hint(self, query: str) -> str:
+        close = self.close_matches(query)
+        return f"; close matches: {', '.join(repr(c) for c in close)}" if close else ""
+
+    def close_matches(self, query: str, n: int = 3) -> list[str]:
+        """Titles close to ``query``: ones that contain it, share most of its words (weighted by how rare each
+        word is in the catalog: a long title given by a few of its words), or are spelled alike (difflib)."""
+        query = " ".join(str(query).split()).lower()
+        if not query:
+            return []
+        titles = [it.text for it in self.items]
+        lowered = [t.lower() for t in titles]
+        scores: dict[int, float] = {}
+        if len(query) >= 3:
+            for i, t in enumerate(lowered):
+                if query in t:
+                    scores[i] = 2.0 + len(query) / len(t)  # a substring beats anything else; closer lengths first
+        words = set(_WORD.findall(query))
+        if words:
+            postings, idf = self._word_index()
+            weight = {w: idf.get(w, math.log(len(titles) + 1) + 1) for w in words}  # unseen words count fully
+            total = sum(weight.values())
+            shared: dict[int, float] = {}
+            for w in words:
+                for i in postings.get(w, ()):
+                    shared[i] = shared.get(i, 0.0) + weight[w]
+            for i, mass in shared.items():
+                if mass / total >= 0.5:
+                    scores[i] = max(scores.get(i, 0.0), mass / total)
+        by_text = {t: i for i, t in enumerate(lowered)}
+        for match in difflib.get_close_matches(query, lowered, n=n, cutoff=0.6):
+            i = by_text[match]
+            scores[i] = max(scores.get(i, 0.0), difflib.SequenceMatcher(None, query, match).ratio())
+        best = sorted(scores, key=lambda i: (-scores[i], i))[:n]
+        return [titles[i] for i in best]
+
+    def _word_index(self) -> tuple[dict[str, list[int]], dict[str, float]]:
+        if self._words is None:
+            postings: dict[str, list[int]] = {}
+            for i, it in enumerate(self.items):
+                for w in set(_WORD.findall(it.text.lower())):
+                    postings.setdefault(w, []).append(i)
+            n = len(self.items)
+            self._words = (postings, {w: math.log((n + 1) / (len(p) + 1)) + 1 for w, p in postings.items()})
+        return self._words
+
+
+_WORD = re.compile(r"\w+")

@@ -19,7 +19,8 @@ def load_split(cfg: Config) -> Split:
             f"{source}: no interactions left after filtering (data.min_rating={cfg.data.min_rating}, "
             f"data.k_core={cfg.data.k_core})"
         )
-    catalog = Catalog.build(frame["item_id"], items, cfg.data.item_text, cfg.items.id_format, source=str(source))
+    catalog = Catalog.build(frame["item_id"], items, cfg.data.item_text, cfg.items.id_format, source=str(source),
+                            missing_text=cfg.data.missing_item_text)
     split = build_split(frame, catalog)
     if cfg.items.id_order == "sequential":
         split.catalog = catalog.renumber(sequential_numbers(split), cfg.items.id_format)

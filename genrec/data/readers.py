@@ -34,17 +34,58 @@ def embedded_ml100k_dir() -> Path:
     return folder
 
 
+def _not_utf8(path: Path) -> DataError:
+    """The first line of a file that is not UTF-8, as ``file:line: not UTF-8 (byte 0x.. at column ..)``."""
+    with path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                column = len(raw[:e.start].decode("utf-8", errors="replace")) + 1
+                return DataError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at column {column}); "
+                                 "genrec reads UTF-8 only: re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+    return DataError(f"{path}: not UTF-8; genrec reads UTF-8 only: re-save the file as UTF-8")
+
+
+def _require_nonempty(path: Path) -> None:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+
+
+def _looks_like_other_separator(header: str) -> str | None:
+    """The separator a tab-less atomic header uses instead of tabs (' ', ',' or ';'), when every column is name:type."""
+    for sep, name in ((",", "commas"), (";", "semicolons"), (" ", "spaces")):
+        specs = [c for c in header.split(sep) if c.strip()]
+        if len(specs) >= 2 and all(":" in c and c.strip().rsplit(":", 1)[1] in ATOMIC_TYPES for c in specs):
+            return name
+    return None
+
+
 def read_atomic(path: str | Path) -> pd.DataFrame:
-    """Read a RecBole atomic file: a ``name:type`` header, then tab-separated rows.
+    """Read a RecBole atomic file: a ``name:type`` header, then tab-separated rows, UTF-8.
 
     Errors name the file and line. ``token``/``token_seq`` stay strings,
     ``float`` becomes float, ``float_seq`` a space-separated string.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    with path.open(encoding="utf-8") as fh:
+    _require_nonempty(path)
+    try:
+        return _read_atomic(path)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
+def _read_atomic(path: Path) -> pd.DataFrame:
+    with path.open(encoding="utf-8-sig") as fh:
         header = fh.readline().rstrip("\n").rstrip("\r")
+        if "\t" not in header:
+            other = _looks_like_other_separator(header)
+            if other:
+                raise DataError(f"{path}:1: the header is separated by {other}, but RecBole atomic files are "
+                                f"tab-separated (name:type<TAB>name:type...): replace the {other} between columns "
+                                "by tabs, or read the file with data.format=csv/tsv")
         names, kinds = [], []
         for col, spec in enumerate(header.split("\t"), start=1):
             if ":" not in spec:
@@ -75,7 +116,10 @@ def read_atomic(path: str | Path) -> pd.DataFrame:
                         try:
                             value = float(cell)
                         except ValueError:
-                            raise DataError(f"{path}:{lineno}: field '{names[i]}' expects a number, found {cell!r}") from None
+                            hint = (f"; ISO 8601 dates are read from a token column: declare it {names[i]}:token"
+                                    if _is_iso_date(cell) else "")
+                            raise DataError(f"{path}:{lineno}: field '{names[i]}' expects a number, found {cell!r}"
+                                            f"{hint}") from None
                     columns[i].append(value)
                 else:
                     columns[i].append(cell)
@@ -85,15 +129,16 @@ def read_atomic(path: str | Path) -> pd.DataFrame:
 def read_table(path: str | Path, fmt: str) -> pd.DataFrame:
     """CSV/TSV/JSONL/Parquet into a frame; every column read as-is."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    _require_nonempty(path)
     try:
         if fmt in TABULAR_SEPARATORS:
-            return pd.read_csv(path, sep=TABULAR_SEPARATORS[fmt], dtype=str, keep_default_na=False)
-        if fmt == "jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
+            return pd.read_csv(path, sep=TABULAR_SEPARATORS[fmt], dtype=str, keep_default_na=False, encoding="utf-8-sig")
+        if fmt == "jsonl":  # dtype=False: dates stay text (_to_seconds reads them), numbers stay numbers
+            return pd.read_json(path, lines=True, dtype=False, encoding="utf-8-sig")
         if fmt == "parquet":
             return pd.read_parquet(path)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
     except (ValueError, pd.errors.ParserError) as e:
         raise DataError(f"{path}: cannot be read as {fmt}: {e}") from None
     raise DataError(f"{path}: unknown format '{fmt}'")
@@ -114,6 +159,38 @@ def _to_float(series: pd.Series, column: str, path: Path) -> pd.Series:
         row = int(bad.to_numpy().nonzero()[0][0])
         raise DataError(f"{path}: column '{column}' row {row + 1} expects a number, found {series.iloc[row]!r}")
     return out.astype(float)
+
+
+def _is_iso_date(text: str) -> bool:
+    return not pd.isna(pd.to_datetime(pd.Series([text]), format="ISO8601", utc=True, errors="coerce").iloc[0])
+
+
+EPOCH = pd.Timestamp("1970-01-01", tz="UTC")
+
+
+def _to_seconds(series: pd.Series, column: str, path: Path) -> pd.Series:
+    """Timestamps as float unix seconds: numbers as they are, or ISO 8601 dates/times (2024-05-01,
+    2024-05-01T12:30:00Z, with an offset or without: then UTC). One column holds one kind."""
+    if pd.api.types.is_datetime64_any_dtype(series):  # parquet timestamps
+        stamps = series.dt.tz_localize("UTC") if series.dt.tz is None else series.dt.tz_convert("UTC")
+        return ((stamps - EPOCH) / pd.Timedelta(seconds=1)).astype(float)
+    numbers = pd.to_numeric(series, errors="coerce")
+    present = series.notna() & (series.astype(str) != "")
+    if not (numbers.isna() & present).any():
+        return numbers.astype(float)
+    text = series.where(present, None).astype(object)
+    dates = pd.to_datetime(text, format="ISO8601", utc=True, errors="coerce")
+    is_number, is_date = numbers.notna() & present, dates.notna()
+    bad = present & ~is_number & ~is_date
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise DataError(f"{path}: column '{column}' row {row + 1} expects a number (unix seconds) or an ISO 8601 "
+                        f"date/time like 2024-05-01T12:30:00Z, found {series.iloc[row]!r}")
+    if is_number.any() and is_date.any():
+        first_number, first_date = (int(m.to_numpy().nonzero()[0][0]) + 1 for m in (is_number, is_date))
+        raise DataError(f"{path}: column '{column}' mixes numbers (row {first_number}: {series.iloc[first_number - 1]!r}) "
+                        f"and ISO 8601 dates (row {first_date}: {series.iloc[first_date - 1]!r}); use one kind")
+    return ((dates - EPOCH) / pd.Timedelta(seconds=1)).astype(float)
 
 
 def load_interactions_and_items(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataFrame | None, Path]:
@@ -143,7 +220,7 @@ def load_interactions_and_items(cfg: DataConfig) -> tuple[pd.DataFrame, pd.DataF
         {
             "user_id": raw[cfg.user_column].astype(str),
             "item_id": raw[cfg.item_column].astype(str),
-            "timestamp": _to_float(raw[cfg.time_column], cfg.time_column, inter_path),
+            "timestamp": _to_seconds(raw[cfg.time_column], cfg.time_column, inter_path),
         }
     )
     if cfg.rating_column and cfg.rating_column in raw.columns:
