@@ -54,7 +54,7 @@ def genrec_log_probs(config: str, adapter: Path, overrides: list[str]) -> dict[s
         with accelerator.autocast():  # as recipes/evaluate.py runs the model
             for lo in range(0, len(order), cfg.decode.batch_users):
                 rows = order[lo: lo + cfg.decode.batch_users]
-                logp[rows] = item_log_probs(rec.model, [prompts[i] for i in rows], setup.index,
+                logp[rows] = item_log_probs(rec.next_logp, [prompts[i] for i in rows], setup.index,
                                             setup.tokenizer.pad_token_id).float().cpu()
         out[split_name] = logp
     return out

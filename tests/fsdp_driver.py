@@ -13,7 +13,6 @@ of every user (``whole_model``, every process in step) ranks as the unsharded mo
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -22,14 +21,13 @@ from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tiny_fixtures import driver_arguments  # noqa: E402
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--data", required=True)
-    args = parser.parse_args()
+    args = driver_arguments()
 
     import torch
     import torch.distributed as dist

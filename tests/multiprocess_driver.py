@@ -12,7 +12,6 @@ output folder; the tests read the files themselves.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import traceback
@@ -21,6 +20,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from tiny_fixtures import driver_arguments  # noqa: E402
 
 CONFIGS = "recipes/configs/ml100k"
 ATOMIC = f"{CONFIGS}/smollm2_atomic.yaml"
@@ -59,11 +60,7 @@ def tiny(model: str, data: str, out: Path) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--data", required=True)
-    args = parser.parse_args()
+    args = driver_arguments()
 
     import torch.distributed as dist
     from accelerate import PartialState

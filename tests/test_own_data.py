@@ -49,7 +49,7 @@ def write_amazon(folder: Path) -> None:
             rows.append(f"{user},{item},{stamp},{1 + (u + t) % 5}")
     rows.reverse()
     rows.append(f"AXXONLYTWO,{ITEMS[0]},2023-04-01T00:00:00Z,5")  # 2 interactions: 5-core drops this user
-    rows.append(f"AXXONLYTWO,B0RAREITEM,2023-04-02T00:00:00Z,4")  # 1 interaction: and this item
+    rows.append("AXXONLYTWO,B0RAREITEM,2023-04-02T00:00:00Z,4")  # 1 interaction: and this item
     (folder / "interactions.csv").write_text("user_id,item_id,timestamp,rating\n" + "\n".join(rows) + "\n",
                                              encoding="utf-8")
     quoted = [f'{item},"{title.replace(chr(34), chr(34) * 2)}"' for item, title in TITLES.items()]

@@ -98,3 +98,13 @@ def build_tiny_model(folder: Path, hidden: int = 64, layers: int = 2, seed: int 
     model.save_pretrained(str(folder), safe_serialization=True)
     tokenizer.save_pretrained(str(folder))
     return folder
+
+
+def driver_arguments():
+    """--out, --model and --data of the scripts the multi-process tests launch under torchrun."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    for name in ("--out", "--model", "--data"):
+        parser.add_argument(name, required=True)
+    return parser.parse_args()
