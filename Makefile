@@ -38,8 +38,12 @@ lock: install
 demo: install
 	bash recipes/demo.sh
 
+# the suite on tiny models built in fixtures; `make test-e2e`: the tests on the real embedded model and data
 test: install
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not e2e" tests
+
+test-e2e: install
+	$(BIN)/python -m pytest -q -m e2e tests
 
 bench: install
 	@for f in benchmarks/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -17,8 +17,12 @@ EXPLAIN_STEPS=${EXPLAIN_STEPS:-30}  # a short run (~5 min) for the demo; the rec
 # Time budgets keep the whole demo within 30 minutes on any 2-core CPU: the recipe's 380 steps take ~19 min
 # where bf16 is native (AMX / avx512_bf16); in fp32 on AVX2-only CPUs a step takes ~4x longer, so after its
 # first steps the run times itself and trains only the steps that fit (train.max_minutes).
-TRAIN_MINUTES=${TRAIN_MINUTES:-18}
-EXPLAIN_MINUTES=${EXPLAIN_MINUTES:-4}
+if [ "$($BIN/python -c 'from genrec.modeling import resolve_dtype; print(resolve_dtype("auto"))')" = "torch.float32" ]; then
+  # no native bf16: evaluation is slower too, so training gets less of the 30 minutes
+  TRAIN_MINUTES=${TRAIN_MINUTES:-15}; EXPLAIN_MINUTES=${EXPLAIN_MINUTES:-3}
+else
+  TRAIN_MINUTES=${TRAIN_MINUTES:-18}; EXPLAIN_MINUTES=${EXPLAIN_MINUTES:-4}
+fi
 echo "== 1/5 fine-tune ($CFG; at most $TRAIN_MINUTES min of training, its plan and ETA are logged after 6 steps)"
 $BIN/accelerate launch --cpu --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
   recipes/finetune.py --config "$CFG" run.output_dir="$OUT/tuned" run.resume=true train.max_minutes="$TRAIN_MINUTES"
