@@ -42,7 +42,9 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q -m "not e2e" tests
 
+# the page's browser test drives Debian's chromium (Playwright's own browser download is not used)
 test-e2e: install
+	command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 	$(BIN)/python -m pytest -q -m e2e tests
 
 bench: install

@@ -1,8 +1,18 @@
-"""Explained recommendations on ml-100k: grounding, necessity and text quality of the E2 recipe
-(recommend, then explain) beside two baselines that need no model.
+"""Explained recommendations on ml-100k: grounding, necessity and text quality of explanations.
 
+    .venv/bin/python benchmarks/explain.py --headline [--config recipes/configs/ml100k/smollm2_atomic.yaml]
+        [--adapter runs/demo/tuned/adapter] [--users 200] [--latency-users 50] [--out runs/explain_headline]
     .venv/bin/python benchmarks/explain.py [--config recipes/configs/ml100k/smollm2_explain.yaml]
         [--users 200] [--seed 42] [--retrain] [--out runs/explain] [--set KEY=VALUE ...]
+
+``--headline`` (what `genrec serve` and `recommend.py explain=true` do): the headline recipe recommends,
+and every item of its top-10 is explained (genrec.explained) for a seeded sample of ``--users`` test
+users. Its ranking is scored on every test user (``ndcg@10``, the same ranking as recipes/evaluate.py's
+``headline_ndcg@10``, which it also runs), with ``distinct_top1`` and ``coverage@10``; the explanations
+are scored like the rows below; ``latency_s`` times one user at a time (explained top-10, and top-10
+alone) for ``--latency-users`` of them. The last line keeps the keys of the recipe mode.
+
+Without ``--headline``, the E2 recipe (recommend, then explain) beside two baselines that need no model:
 
 The recipe is trained by recipes/finetune.py into ``<out>/model`` (or loaded from there). For a seeded
 sample of ``--users`` test users (every user when 0), each with its test-time history:
@@ -63,9 +73,90 @@ def score_row(recommender, verifier, examples, items, texts, seed, cache: dict) 
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
 
 
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def explain_headline(args) -> dict:
+    """The headline recipe's own top-10, explained (see the module docstring)."""
+    import statistics
+
+    import torch
+
+    from genrec.evaluation import rank_users, score
+    from genrec.explained import RankingExplainer
+
+    config = args.config or "recipes/configs/ml100k/smollm2_atomic.yaml"
+    folder = Path(args.out) / "model"
+    overrides = [f"run.output_dir={folder}", f"run.seed={args.seed}", *args.set]
+    seconds = 0.0
+    if args.adapter:
+        overrides.append(f"run.checkpoint={args.adapter}")
+    else:
+        seconds = trained(folder, args.retrain, lambda: recipe("finetune", config, overrides))
+    cfg = load_config(config, overrides)
+    recommender, checkpoint = Recommender.load(cfg)
+    setup, split = recommender.setup, recommender.setup.split
+    autocast = make_accelerator(resolve_dtype(cfg.model.dtype)).autocast
+    everyone = evaluation_users(split, None, args.seed)
+    with autocast():
+        ranked = rank_users(recommender, everyone, "test", 10, progress=True)
+    ranking = score(ranked, split, everyone, "test", [10], bias=False)
+    evaluated = recipe_evaluate(config, [*overrides, f"run.checkpoint={checkpoint}"], Path(args.out) / "evaluate")
+    top1 = [ranked[u][0][0] for u in everyone]
+
+    users = evaluation_users(split, args.users or None, args.seed)
+    examples = [split.example(u, "test", cfg.data.max_history) for u in users]
+    explainer, verifier = RankingExplainer(recommender), ExplanationVerifier(setup.explainer.evidence)
+    pairs, texts, records = [], [], []
+    with autocast():
+        for ex, user in zip(examples, users):
+            for e in explainer(ex, ranked[user]):
+                pairs.append((ex, e.item))
+                texts.append(e.explanation)
+                records.append({"user": user, "item": split.catalog[e.item].item_id,
+                                "title": split.catalog[e.item].text, "explanation": e.explanation,
+                                "claims": len(e.claims), "claims_true": e.claims_true})
+        row = score_row(recommender, verifier, [p[0] for p in pairs], [p[1] for p in pairs], texts, args.seed, {})
+
+        explained_s, plain_s = [], []
+        for ex, user in list(zip(examples, users))[: args.latency_users]:
+            seen = [split.seen(user, "test")]
+            start = time.perf_counter()
+            top = recommender.rank([ex], seen, 10)[0]
+            plain_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            explainer(ex, recommender.rank([ex], seen, 10)[0])
+            explained_s.append(time.perf_counter() - start)
+            assert [i for i, _ in top] == [i for i, _ in ranked[user]]  # one user alone ranks as in its batch
+    atomic_write_text(Path(args.out) / "explanations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    return {"mode": "headline", "users": len(users), "explained_items": len(pairs),
+            "explained_share": round(sum(bool(t) for t in texts) / len(texts), 4), **row,
+            "ndcg@10": round(ranking["ndcg@10"], 4), "hit@10": round(ranking["hit@10"], 4),
+            "headline_ndcg@10": round(evaluated["metrics"]["ndcg@10"], 4), "ranking_users": len(everyone),
+            "coverage@10": round(ranking["coverage@10"], 4), "distinct_top1": len(set(top1)),
+            "latency_s": {"explained_top10_p50": round(statistics.median(explained_s), 3),
+                          "explained_top10_p95": round(percentile(explained_s, 0.95), 3),
+                          "top10_p50": round(statistics.median(plain_s), 3),
+                          "top10_p95": round(percentile(plain_s, 0.95), 3), "users": len(explained_s),
+                          "threads": torch.get_num_threads()},
+            "adapter": str(checkpoint), "config": config, "train_minutes": round(seconds / 60, 2), "seed": args.seed}
+
+
+def recipe_evaluate(config: str, overrides: list[str], out: Path) -> dict:
+    """recipes/evaluate.py on every test user, as a user runs it (its own process)."""
+    recipe("evaluate", config, [*overrides, f"run.output_dir={out}"])
+    return json.loads((out / "eval_results.json").read_text())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--config", default="recipes/configs/ml100k/smollm2_explain.yaml")
+    parser.add_argument("--headline", action="store_true", help="explain the headline recipe's own top-10")
+    parser.add_argument("--adapter", help="--headline: the headline adapter to load instead of training one")
+    parser.add_argument("--latency-users", type=int, default=50, help="--headline: users timed one at a time")
+    parser.add_argument("--config", default=None, help="default: smollm2_atomic.yaml with --headline, else "
+                                                       "smollm2_explain.yaml")
     parser.add_argument("--users", type=int, default=200, help="seeded sample of test users (0 = all)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--retrain", action="store_true")
@@ -73,6 +164,11 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
     set_threads()
+    if args.headline:
+        args.out = args.out if args.out != "runs/explain" else "runs/explain_headline"
+        print(json.dumps(explain_headline(args)))
+        return
+    args.config = args.config or "recipes/configs/ml100k/smollm2_explain.yaml"
     folder = Path(args.out) / "model"
     overrides = [f"run.output_dir={folder}", f"run.seed={args.seed}", *args.set]
     seconds = trained(folder, args.retrain, lambda: recipe("finetune", args.config, overrides))

@@ -5,6 +5,7 @@
     genrec data --config recipes/configs/ml100k/smollm2_lora.yaml
     genrec results runs/demo/base/eval_results.json runs/demo/tuned/eval_results.json
     genrec explanations --config recipes/configs/ml100k/smollm2_explain.yaml --split test --out test.jsonl
+    genrec serve --config recipes/configs/ml100k/smollm2_atomic.yaml run.output_dir=runs/demo/tuned [--port 8000]
 """
 
 from __future__ import annotations
@@ -108,6 +109,15 @@ def _explanations(args) -> None:
     print(f"{len(rows)} records ({len(examples) - len(rows)} pairs without a true statement) written to {args.out}")
 
 
+def _serve(args) -> None:
+    from genrec.runtime import set_threads, setup_logging
+    from genrec.server import serve
+
+    set_threads()
+    setup_logging()
+    serve(load_config(args.config, args.overrides), args.host, args.port, args.max_request_bytes, args.batch_wait_ms)
+
+
 def results_table(paths: list[str]) -> str:
     """One row per eval_results.json, plus most-popular-unseen on each distinct user set (same users, same code)."""
     rows, popularity = [], {}
@@ -152,6 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     x.add_argument("--out", required=True)
     x.add_argument("overrides", nargs="*")
     x.set_defaults(func=_explanations)
+    v = sub.add_parser("serve", help="serve recommendations (HTTP API and page) from a checkpoint, loaded once")
+    v.add_argument("--config", required=True)
+    v.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    v.add_argument("--port", type=int, default=8000)
+    v.add_argument("--max-request-bytes", type=int, default=65536, help="larger request bodies get 413")
+    v.add_argument("--batch-wait-ms", type=float, default=5.0,
+                   help="how long a ranking waits for concurrent requests to share its forward pass")
+    v.add_argument("overrides", nargs="*")
+    v.set_defaults(func=_serve)
     c = sub.add_parser("config-reference", help="print the config reference (every key, default, meaning) as markdown")
     c.set_defaults(func=lambda a: print(__import__("genrec.config_reference", fromlist=["markdown"]).markdown(), end=""))
     t = sub.add_parser("results", help="table of eval_results.json files")

@@ -185,6 +185,9 @@ class ExplainConfig:
     select: str = "faithful"  # grounded: faithful = cite the evidence whose removal lowers the item's score most (if any does), then the likeliest wording; likeliest = the likeliest candidate
     length_penalty: float = 1.0  # grounded: a candidate's score is its log-probability / tokens ** length_penalty (1 = mean per token)
     max_new_tokens: int = 48  # free decoding: most tokens an explanation may take
+    paraphrases: int | None = 1  # explaining a recommender's own ranking: wordings scored per true statement (null = the whole bank; 1 = one, chosen by a stable hash of the pair, so the same statement still reads differently across pairs)
+    prompt_history: int = 10  # explaining a recommender's own ranking: the most recent history items its explanation prompt shows (the evidence still reads the whole history)
+    template: str = "prompts/explain_line.yaml"  # explaining a recommender whose own template writes no explanation (the headline recipes): the line is scored after this template's prompt (history as titles) and item
 
 
 @dataclass
@@ -529,6 +532,8 @@ BOUNDS: dict[str, tuple] = {
     "reason.top_genres": (">=", 0),
     "reason.anchors": (">=", 0),
     "reason.anchor_min_rating": ("finite",),
+    "explain.prompt_history": (">=", 1),
+    "explain.paraphrases": (">=", 1),
     "reason.max_new_tokens": (">=", 1),
     "explain.recent": (">=", 1),
     "explain.anchor_min_rating": ("finite",),

@@ -278,14 +278,17 @@ def item_token_logprobs(model, prompt: list[int], index: ItemIndex, items: list[
 
 
 @torch.no_grad()
-def score_continuations(model, prompt: list[int], sequences: list[list[int]], length_penalty: float = 0.0) -> torch.Tensor:
+def score_continuations(model, prompt: list[int], sequences: list[list[int]], length_penalty: float = 0.0,
+                        skip: list[int] | None = None, next_logp: NextTokenLogProbs | None = None) -> torch.Tensor:
     """log p(sequence | prompt) / len ** length_penalty for each sequence after one shared prompt (e.g. the
     candidate lines of a grounded explanation). The prompt runs once and its keys/values are repeated for
-    every sequence, so n candidates cost one prompt plus n short continuations, not n whole prompts."""
+    every sequence, so n candidates cost one prompt plus n short continuations, not n whole prompts.
+    ``skip[i]``: the first tokens of sequence i are context, not scored (e.g. the explained item before
+    its line), and ``len`` counts the scored tokens only."""
     if len(prompt) < 2:
         raise ValueError("score_continuations needs a prompt of at least 2 tokens")
     device = next(model.parameters()).device
-    next_logp = NextTokenLogProbs(model)
+    next_logp = next_logp or NextTokenLogProbs(model)
     head = torch.tensor([prompt[:-1]], dtype=torch.long, device=device)
     _, cache = next_logp(input_ids=head, use_cache=True)
     cache.batch_repeat_interleave(len(sequences))
@@ -297,9 +300,78 @@ def score_continuations(model, prompt: list[int], sequences: list[list[int]], le
     logp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).cpu()
     scores = torch.empty(len(sequences))
     for r, seq in enumerate(sequences):
-        total = logp[r, : len(seq)].sum().item()
-        scores[r] = total / len(seq) ** length_penalty if length_penalty else total
+        first = skip[r] if skip else 0
+        total = logp[r, first: len(seq)].sum().item()
+        scores[r] = total / (len(seq) - first) ** length_penalty if length_penalty else total
     return scores
+
+
+@torch.no_grad()
+def score_branches(model, prompt: list[int], branches: list[tuple[list[int], list[list[int]]]],
+                   length_penalty: float = 0.0, next_logp: NextTokenLogProbs | None = None,
+                   chunk: int = 256) -> list[list[float]]:
+    """For each branch ``(head, lines)``: log p(line | prompt + head) / len(line) ** length_penalty of each line
+    (e.g. the candidate explanation lines of each recommended item, the item's title as its head).
+
+    Everything runs in ONE forward pass of a packed sequence — the prompt, then each head followed by its
+    lines — under a 4-D attention mask: a head sees the prompt and itself, a line sees the prompt, its head
+    and itself (causally), and positions continue as if each line followed its head directly. The prompt
+    and each head are therefore read once for all their continuations, with no copy of their keys and
+    values (what ``score_continuations`` repeats per line). Only the line tokens' log-probabilities are
+    computed, in chunks of ``chunk`` positions through the fp32 output layer."""
+    if model.config._attn_implementation not in ("sdpa", "eager"):  # flash attention takes no 4-D mask
+        return [score_continuations(model, prompt, [head + line for line in lines], length_penalty,
+                                    skip=[len(head)] * len(lines), next_logp=next_logp).tolist()
+                if lines else [] for head, lines in branches]
+    device = next(model.parameters()).device
+    next_logp = next_logp or NextTokenLogProbs(model)
+    tokens, positions = list(prompt), list(range(len(prompt)))
+    spans = []  # (start, end, the earlier ranges it sees): each head and each line
+    plen = len(prompt)
+    reads = []  # per line token: (index of the position predicting it, branch, line)
+    for b, (head, lines) in enumerate(branches):
+        h0 = len(tokens)
+        tokens += head
+        positions += range(plen, plen + len(head))
+        spans.append((h0, len(tokens), [(0, plen)]))
+        for line_no, line in enumerate(lines):
+            l0 = len(tokens)
+            tokens += line
+            positions += range(plen + len(head), plen + len(head) + len(line))
+            spans.append((l0, len(tokens), [(0, plen), (h0, h0 + len(head))]))
+            before = (h0 + len(head) - 1) if head else plen - 1  # the token the line's first token follows
+            for t in range(len(line)):
+                reads.append((before if t == 0 else l0 + t - 1, b, line_no))
+    n = len(tokens)
+    visible = torch.zeros((n, n), dtype=torch.bool)
+    visible[:plen, :plen] = torch.ones((plen, plen), dtype=torch.bool).tril()
+    for start, end, ranges in spans:
+        visible[start:end, start:end] = torch.ones((end - start, end - start), dtype=torch.bool).tril()
+        for lo, hi in ranges:
+            visible[start:end, lo:hi] = True
+    if model.config._attn_implementation == "eager":  # an additive mask in the attention's dtype
+        dtype = next(model.parameters()).dtype
+        mask = torch.zeros((n, n), dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
+    else:
+        mask = visible
+    ids = torch.tensor([tokens], dtype=torch.long, device=device)
+    pos = torch.tensor([positions], dtype=torch.long, device=device)
+    where = torch.tensor([r[0] for r in reads], dtype=torch.long, device=device)
+    targets = torch.tensor([tok for _, lines in branches for line in lines for tok in line], dtype=torch.long,
+                           device=device)
+    inputs = {"input_ids": ids, "attention_mask": mask[None, None].to(device), "position_ids": pos, "use_cache": False}
+    if next_logp.body is not None:
+        hidden = next_logp.body(**inputs).last_hidden_state[0, where]
+        logp = torch.cat([torch.log_softmax(next_logp.head(hidden[i: i + chunk]), -1)
+                          .gather(-1, targets[i: i + chunk, None]).squeeze(-1) for i in range(0, len(reads), chunk)])
+    else:
+        logits = model(**inputs).logits[0, where].float()
+        logp = torch.log_softmax(logits, -1).gather(-1, targets[:, None]).squeeze(-1)
+    totals = [[0.0] * len(lines) for _, lines in branches]
+    for value, (_, b, line_no) in zip(logp.tolist(), reads):
+        totals[b][line_no] += value
+    return [[t / len(line) ** length_penalty if length_penalty else t for t, line in zip(row, lines)]
+            for row, (_, lines) in zip(totals, branches)]
 
 
 def score_items(model, prompt: list[int], index: ItemIndex, items: list[int] | None = None,

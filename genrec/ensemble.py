@@ -120,15 +120,12 @@ def item_log_probs(next_logp: NextTokenLogProbs, prompts: list[list[int]], index
 
 
 @torch.no_grad()
-def ensemble_topk(model, prompts: list[list[int]], index: ItemIndex, k: int,
-                  excluded: list[set[int]] | None = None, pad_id: int = 0,
-                  node_prior: torch.Tensor | None = None, adapters: list[str | None] | None = None,
-                  next_logp: NextTokenLogProbs | None = None) -> list[list[tuple[int, float]]]:
-    """Top-``k`` items per prompt, best first, as (catalog index, score), where the score is the members'
-    mean log p(item | prompt) plus the node prior's leaf-minus-root (what ``constrained_topk`` adds).
-
-    ``adapters``: the members' adapter names on ``model`` (a peft model carrying all of them), each
-    activated in turn for its forward pass; the first is active again afterwards. None: ``model`` alone."""
+def mean_item_log_probs(model, prompts: list[list[int]], index: ItemIndex, pad_id: int = 0,
+                        adapters: list[str | None] | None = None,
+                        next_logp: NextTokenLogProbs | None = None) -> torch.Tensor:
+    """[prompts, items]: the members' mean log p(item | prompt). ``adapters``: the members' adapter names on
+    ``model`` (a peft model carrying all of them), each activated in turn for its forward pass; the first
+    is active again afterwards. None: ``model`` alone."""
     _one_token_items(index)
     adapters = adapters or [None]
     next_logp = next_logp or NextTokenLogProbs(model)
@@ -140,7 +137,18 @@ def ensemble_topk(model, prompts: list[list[int]], index: ItemIndex, k: int,
         score = logp if score is None else score + logp
     if adapters[0] is not None:
         model.set_adapter(adapters[0])
-    score /= len(adapters)
+    return score / len(adapters)
+
+
+@torch.no_grad()
+def ensemble_topk(model, prompts: list[list[int]], index: ItemIndex, k: int,
+                  excluded: list[set[int]] | None = None, pad_id: int = 0,
+                  node_prior: torch.Tensor | None = None, adapters: list[str | None] | None = None,
+                  next_logp: NextTokenLogProbs | None = None) -> list[list[tuple[int, float]]]:
+    """Top-``k`` items per prompt, best first, as (catalog index, score), where the score is the members'
+    mean log p(item | prompt) (``mean_item_log_probs``) plus the node prior's leaf-minus-root (what
+    ``constrained_topk`` adds)."""
+    score = mean_item_log_probs(model, prompts, index, pad_id, adapters, next_logp)
     if node_prior is not None:
         prior = node_prior.to(device=score.device, dtype=torch.float32)
         score += prior[index.item_path[:, 0].to(score.device)] - prior[0]

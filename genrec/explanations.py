@@ -115,12 +115,18 @@ class Explainer:
         others = [g for g in ev.item_genres if g != ev.top_genre]
         return [({"top": ev.top_genre, "genre": g, **item_facts}, ()) for g in others[:2]]
 
-    def candidates(self, ev: Evidence) -> list[Explanation]:
-        """Every true statement the evidence supports, in a fixed order, each text once."""
+    def candidates(self, ev: Evidence, paraphrases: int | None = None) -> list[Explanation]:
+        """Every true statement the evidence supports, in a fixed order, each text once. ``paraphrases``: how
+        many wordings of each statement (None: the whole bank; N: N of them, the first chosen by a stable hash
+        of the pair and family, so that the same statement reads differently across pairs)."""
         out: dict[str, Explanation] = {}
         for family in self.applicable(ev):
+            bank = BANKS[family]
+            forms = bank if paraphrases is None else [
+                bank[(stable_hash(ev.user_id, str(ev.item), family) + i) % len(bank)]
+                for i in range(min(paraphrases, len(bank)))]
             for slots, cited in self._slots(family, ev):
-                for form in BANKS[family]:
+                for form in forms:
                     text = form.format(**with_articles(slots))
                     out.setdefault(text, Explanation(family, text, ev.feature, cited))
         return list(out.values())

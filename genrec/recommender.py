@@ -25,7 +25,7 @@ from genrec.counterfactual import null_node_prior
 from genrec.data.splits import Example, parse_time, training_examples
 from genrec.decoding import NextTokenLogProbs, constrained_topk, greedy_lines
 from genrec.encoding import Encoder
-from genrec.ensemble import ensemble_topk, member_adapter, member_folders
+from genrec.ensemble import ensemble_topk, mean_item_log_probs, member_adapter, member_folders
 from genrec.errors import CheckpointError, ConfigError
 from genrec.evidence import EvidenceBuilder
 from genrec.explaining import explain
@@ -244,6 +244,12 @@ class Recommender:
             model = load_adapter(model, member, name=name)
         model.set_adapter(names[0])
         return cls(model.eval(), setup, names), folder
+
+    def item_log_probs(self, prompts: list[list[int]]) -> torch.Tensor:
+        """[prompts, items]: log p(item | prompt) of one-token items (atomic ids) from one batched forward
+        (an ensemble: the members' mean), without the decoding priors."""
+        return mean_item_log_probs(self.model, prompts, self.setup.index, self.setup.tokenizer.pad_token_id,
+                                   self.members, self.next_logp)
 
     @functools.cached_property
     def next_logp(self) -> NextTokenLogProbs:

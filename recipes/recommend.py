@@ -2,12 +2,12 @@
 
     python recipes/recommend.py --config recipes/configs/ml100k/smollm2_lora.yaml recommend.user_id=1
     python recipes/recommend.py --config ... "recommend.history=Toy Story (1995)|Heat (1995)|Fargo (1996)"
-    python recipes/recommend.py --config recipes/configs/ml100k/smollm2_explain.yaml recommend.user_id=1 explain=true
+    python recipes/recommend.py --config recipes/configs/ml100k/smollm2_atomic.yaml recommend.user_id=1 explain=true
 
 Writes ``recommendations.jsonl`` (rows ``{user_id, rank, item_id, title, score}``, plus ``explanation``,
-``claims`` and ``claims_true`` — its claims as genrec.explain_verify parses and checks them — with
-``explain=true`` / ``recommend.explain=true``, which needs a template with an 'explanation' key)
-in run.output_dir and prints a table. Every item is a real catalog item; items in
+``claims``, ``claims_true`` — its claims as genrec.explain_verify parses and checks them — and ``cited``
+with ``explain=true`` / ``recommend.explain=true``: the model's own top-K, each item explained by
+genrec.explained) in run.output_dir and prints a table. Every item is a real catalog item; items in
 the history are never recommended (decode.exclude_seen).
 """
 
@@ -23,7 +23,7 @@ from genrec.config import load_config, parse_cli
 from genrec.data.catalog import Catalog
 from genrec.data.splits import Example, Split
 from genrec.errors import ConfigError, DataError, suggest
-from genrec.explain_verify import ExplanationVerifier
+from genrec.explained import RankingExplainer, explanation_template
 from genrec.recommender import Recommender
 from genrec.runtime import run, set_threads, setup_logging
 from genrec.training import atomic_write_text
@@ -60,9 +60,8 @@ def main(argv: list[str]) -> list[dict]:
             raise ConfigError(f"{setup.template.source} is pointwise: it answers yes/no about one item rather than "
                               "generating items; score it with recipes/evaluate.py (AUC)")
         asked.append(request(cfg, setup.split))
-        if cfg.recommend.explain and not setup.template.has_explanation:
-            raise ConfigError(f"explain=true needs a template with an 'explanation' key and a model trained with it; "
-                              f"{setup.template.source} has none (see recipes/configs/ml100k/smollm2_explain.yaml)")
+        if cfg.recommend.explain:
+            explanation_template(setup)
 
     recommender, _ = Recommender.load(cfg, check=check)
     example = asked[0]
@@ -73,11 +72,10 @@ def main(argv: list[str]) -> list[dict]:
         if recommender.setup.template.has_rationale else {}
     rows = [{"user_id": example.user_id, "rank": r, "item_id": split.catalog[i].item_id,
              "title": split.catalog[i].text, "score": round(s, 4), **why} for r, (i, s) in enumerate(ranked, start=1)]
-    if cfg.recommend.explain:
-        verifier = ExplanationVerifier(recommender.setup.explainer.evidence)
-        for row, (item, _), text in zip(rows, ranked, recommender.explain([example] * len(ranked), [i for i, _ in ranked])):
-            claims = verifier.verify(text, example.user_id, example.history, item).claims
-            row.update(explanation=text, claims=len(claims), claims_true=sum(c.true for c in claims))
+    if cfg.recommend.explain:  # the model's own ranking, each item with its grounded line (genrec.explained)
+        for row, explained in zip(rows, RankingExplainer(recommender)(example, ranked)):
+            row.update(explanation=explained.explanation, claims=len(explained.claims),
+                       claims_true=explained.claims_true, cited=[split.catalog[i].text for i in explained.cited])
     out = Path(cfg.run.output_dir) / "recommendations.jsonl"
     atomic_write_text(out, "".join(json.dumps(row) + "\n" for row in rows))
     print(f"history of {example.user_id} (most recent last):")

@@ -344,8 +344,3 @@ def test_cli_writes_reference_records(tiny_overrides, tmp_path):
     assert rows and {"user", "item", "rating", "feature", "explanation", "family", "cited"} <= set(rows[0])
     assert {r["family"] for r in rows} <= set(BANKS)
     assert all(r["rating"] is not None for r in rows)  # the toy data rates every interaction
-
-
-def test_recommend_explain_needs_an_explanation_template_before_loading_weights(tiny_overrides):
-    with pytest.raises(ConfigError, match="explain=true needs a template with an 'explanation' key"):
-        load_recipe("recommend").main([*tiny_overrides, "run.checkpoint=base", "recommend.user_id=3", "explain=true"])

@@ -1,0 +1,1 @@
+"""The page `genrec serve` answers at / (index.html)."""
