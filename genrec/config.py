@@ -33,9 +33,15 @@ class RunConfig:
 class DataConfig:
     dataset: str = "ml-100k"  # "ml-100k" = the copy inside the recbole wheel; otherwise a name for your data
     path: str | None = None  # folder with <dataset>.inter/.item (atomic) or the files named below
-    format: str = "atomic"  # atomic | csv | tsv | jsonl | parquet
-    interactions: str | None = None  # tabular formats: interactions file (relative to path)
-    items: str | None = None  # tabular formats: item file (relative to path); optional
+    format: str = "atomic"  # atomic | csv | tsv | jsonl | parquet | sequences (one line per user: user_id item_id item_id ..., oldest first; positions stand in for timestamps) | minionerec (pre-split history -> next item tables, the BIGRec/D3/MiniOneRec CSV layout; needs data.split=files)
+    interactions: str | None = None  # tabular formats and sequences: interactions file (relative to path)
+    items: str | None = None  # tabular formats, sequences and minionerec: item file (relative to path; sequences: .csv/.tsv/.jsonl/.parquet by its extension; minionerec: MiniOneRec's headerless items.tsv, semantic_id<TAB>title<TAB>item_id, or a table whose header names data.item_column); optional
+    split: str = "leave_one_out"  # leave_one_out: per user, last item = test, second-to-last = validation | temporal: every (history of <= max_history items -> next item) row of every user, sorted by the target's time, cut globally by data.temporal_ratios (D3/MiniOneRec) | files: the rows of data.train_file/valid_file/test_file (data.format=minionerec)
+    temporal_ratios: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # data.split=temporal: train/valid/test shares of the rows (three numbers summing to 1)
+    train_file: str = "train.csv"  # data.split=files: training rows (relative to path)
+    valid_file: str = "valid.csv"  # data.split=files: validation rows, one evaluation case each
+    test_file: str = "test.csv"  # data.split=files: test rows, one evaluation case each
+    history_column: str = "history_item_id"  # data.format=minionerec: the column holding each row's history, a Python list literal of item ids, oldest first (data.item_column holds the target)
     user_column: str = "user_id"  # tabular formats: the column holding the user id
     item_column: str = "item_id"  # tabular formats: the item id column, in the interactions and the item file alike
     time_column: str = "timestamp"  # tabular formats: the time of each interaction (orders each user's history)
@@ -122,7 +128,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute each layer's activations in the backward pass: less memory for long prompts and big models, ~30% more compute per step
     log_every: int = 10  # write loss, lr, tokens/s and peak memory to metrics.jsonl every N steps
     eval_every: int = 0  # validation NDCG@10 on a seeded user sample every N steps (0 = only at the end)
-    eval_users: int | None = 64  # users in that sample (null = every validation user)
+    eval_users: int | None = 64  # users in that sample (null = every validation user; data.split=temporal|files: validation rows)
     select_best: bool = False  # keep the weights of the best validation NDCG@10 (of every eval_every and the end) as the adapter
     patience: int | None = None  # stop after this many validations without a better NDCG@10 (needs eval_every)
     save_every: int = 0  # checkpoint every N optimizer steps (0 = only at the end)
@@ -147,7 +153,7 @@ class DecodeConfig:
     num_beams: int = 20  # beam width of the trie-constrained search (>= the largest K asked)
     length_penalty: float = 0.0  # score = sum log p / len**length_penalty; 0 = plain sum
     batch_users: int = 8  # users decoded together in one forward
-    exclude_seen: bool = True  # never recommend items in the user's history (DESIGN §5)
+    exclude_seen: bool = True  # never recommend items in the user's history (DESIGN §5); false = history items may be recommended again (repeat purchases count: the D3/MiniOneRec protocol), each list still holds distinct catalog items
     popularity_gamma: float = 0.0  # add gamma * log(training count + 1) of each item to its score, inside the trie (0 = off)
     contrastive_lambda: float = 0.0  # subtract lambda * log p(item | null history) from each item's score, inside the trie (0 = off)
     propensity_mix: float = 0.0  # rank by p(item | h) * (1 + beta * w(item)), w = 1 / training propensity capped at eval.ips_clip: the best ranking for NDCG + beta * E[w] * IPS NDCG (0 = off)
@@ -158,7 +164,7 @@ class DecodeConfig:
 @dataclass
 class EvalConfig:
     split: str = "test"  # test | valid
-    users: int | None = None  # null = every user; N = a seeded sample of N users
+    users: int | None = None  # null = every user; N = a seeded sample of N users (data.split=temporal|files: of N rows, each its own case)
     ks: list[int] = field(default_factory=lambda: [1, 5, 10, 20])  # cutoffs K of hit@K, ndcg@K, mrr@K
     baselines: list[str] = field(default_factory=lambda: ["popularity"])  # non-LLM systems scored on the same users by the same code
     ips_clip: float = 100.0  # popularity-bias metrics: inverse-propensity weights are capped at this value
@@ -246,7 +252,8 @@ class Config:
 
 BASELINES = ("popularity",)  # the non-LLM systems genrec.baselines implements
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.format": ("atomic", "csv", "tsv", "jsonl", "parquet"),
+    "data.format": ("atomic", "csv", "tsv", "jsonl", "parquet", "sequences", "minionerec"),
+    "data.split": ("leave_one_out", "temporal", "files"),
     "data.missing_item_text": ("error", "placeholder"),
     "items.identifier": ("title", "id", "atomic", "semantic"),
     "items.semantic_source": ("minilm", "llm", "collaborative"),
@@ -482,6 +489,7 @@ BOUNDS: dict[str, tuple] = {
     "data.sequence_stride": (">=", 1),
     "data.like_threshold": ("finite",),
     "data.tokenize_workers": (">=", 1),
+    "data.temporal_ratios": ("[]", 0, 1),  # each share; validate() checks that there are three summing to 1, none 0
     "items.semantic_levels": ("[]", 1, 25),
     "items.semantic_codebook": ("[]", 1, 100_000),
     "adapter.r": (">=", 1),
@@ -628,8 +636,9 @@ def validate(cfg: Config) -> None:
             f"config: decode.num_beams={cfg.decode.num_beams} must be >= the largest K asked "
             f"(eval.ks={cfg.eval.ks}, recommend.k={cfg.recommend.k})"
         )
-    if cfg.data.format != "atomic" and not cfg.data.interactions:
+    if cfg.data.format not in ("atomic", "minionerec") and not cfg.data.interactions:
         raise ConfigError(f"config: data.format={cfg.data.format} needs data.interactions (the interactions file)")
+    _validate_split(cfg)
     added_tokens = cfg.items.identifier in ("atomic", "semantic")
     if cfg.train.objective == "sequence" and cfg.items.identifier != "atomic" and \
             cfg.train.target_weighting != "none":
@@ -671,6 +680,24 @@ def validate(cfg: Config) -> None:
     unknown = [b for b in cfg.eval.baselines if b not in BASELINES]
     if unknown:
         raise ConfigError(f"config: eval.baselines: unknown {unknown}; available: {', '.join(BASELINES)}")
+
+
+def _validate_split(cfg: Config) -> None:
+    data = cfg.data
+    if (data.format == "minionerec") != (data.split == "files"):
+        raise ConfigError(f"config: data.split=files reads the split from pre-split row files, which is what "
+                          f"data.format=minionerec holds; found data.format={data.format} with data.split={data.split} "
+                          "(set both, or neither)")
+    ratios = data.temporal_ratios
+    if len(ratios) != 3 or abs(sum(ratios) - 1.0) > 1e-6 or min(ratios) <= 0:
+        raise ConfigError(f"config: 'data.temporal_ratios' must be three shares (train, valid, test), each > 0, "
+                          f"summing to 1; found {ratios}")
+    if data.split == "files":
+        if data.min_rating is not None or data.k_core:
+            raise ConfigError("config: data.min_rating and data.k_core filter an interaction log before it is split; "
+                              "data.split=files reads rows that are split already: unset them")
+        if data.time_cut is not None:
+            raise ConfigError("config: data.time_cut needs timestamps; data.format=minionerec rows have none")
 
 
 def _validate_sasrec(s: SASRecConfig) -> None:

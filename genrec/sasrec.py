@@ -39,9 +39,9 @@ from torch import nn
 
 from genrec.config import SASRecConfig
 from genrec.data.catalog import Catalog
-from genrec.data.splits import Split, sequence_windows
+from genrec.data.splits import Case, Split, sequence_windows
 from genrec.errors import CheckpointError, DataError
-from genrec.evaluation import score, top_k_unseen
+from genrec.evaluation import as_cases, score_cases, top_k_unseen
 
 log = logging.getLogger("genrec")
 
@@ -213,21 +213,27 @@ def rank(model: SASRec, histories: Sequence[Sequence[int]], excluded: Sequence[s
     return out
 
 
-def rank_split(model: SASRec, split: Split, users: list[str], split_name: str, k: int, exclude_seen: bool,
+def rank_cases(model: SASRec, split: Split, cases: list[Case], k: int, exclude_seen: bool,
                batch: int = 512) -> dict[str, list[tuple[int, float]]]:
-    """Top-k for each user's ``split_name`` example (its history holds the validation item when testing)."""
-    histories = [split.example(u, split_name, model.max_len).history for u in users]
-    excluded = [split.seen(u, split_name) if exclude_seen else set() for u in users]
-    return dict(zip(users, rank(model, histories, excluded, k, batch)))
+    """Top-k for each case (its own history; a test case's holds the validation item), keyed by case id."""
+    histories = [split.case_example(c, model.max_len).history for c in cases]
+    excluded = [split.case_seen(c) if exclude_seen else set() for c in cases]
+    return dict(zip((c.case_id for c in cases), rank(model, histories, excluded, k, batch)))
+
+
+def rank_split(model: SASRec, split: Split, users: list, split_name: str, k: int, exclude_seen: bool,
+               batch: int = 512) -> dict[str, list[tuple[int, float]]]:
+    """``rank_cases`` for cases, or for leave-one-out users' ``split_name`` case (keyed by user id)."""
+    return rank_cases(model, split, as_cases(split, users, split_name), k, exclude_seen, batch)
 
 
 def validation_ndcg10(split: Split, exclude_seen: bool, batch: int = 512) -> Callable[[SASRec], float]:
-    """NDCG@10 on every evaluation user's validation item, by the same ranking and metric code as the test."""
-    users = split.eval_users
+    """NDCG@10 over every validation case, by the same ranking and metric code as the test."""
+    cases = split.cases("valid")
 
     def validate(model: SASRec) -> float:
-        ranked = rank_split(model, split, users, "valid", 10, exclude_seen, batch)
-        return score(ranked, split, users, "valid", [10], bias=False)["ndcg@10"]
+        ranked = rank_cases(model, split, cases, 10, exclude_seen, batch)
+        return score_cases(ranked, split, cases, [10], bias=False)["ndcg@10"]
 
     return validate
 

@@ -6,8 +6,10 @@
     python recipes/evaluate.py --config ... run.checkpoint=base eval.users=100 run.output_dir=runs/base
 
 Full ranking over the whole catalog by trie-constrained beam search, seen items
-excluded, HR/NDCG/MRR@{1,5,10,20}, valid-item/duplicate rate, coverage@10, and the
-configured baselines scored by the same code on the same users.
+excluded (decode.exclude_seen), HR/NDCG/MRR@{1,5,10,20} (eval.ks), valid-item/duplicate rate,
+coverage@10, and the configured baselines scored by the same code on the same cases. Leave-one-out
+evaluates one case per user; data.split=temporal|files one per validation/test row (rankings.jsonl
+gets a line per row, with its case_id, and metrics average over rows).
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genrec.config import load_config, parse_cli
-from genrec.evaluation import baseline_metrics, evaluation_users, period_start, protocol, rank_users, score
+from genrec.evaluation import (baseline_metrics, evaluation_cases, period_start, protocol, rank_cases, rankings_jsonl,
+                               score_cases)
+from genrec.errors import ConfigError
 from genrec.modeling import resolve_dtype
 from genrec.pointwise import evaluation_examples, rating_baselines, roc_auc, sharded_scores
 from genrec.rationale import RationaleBuilder, rationale_metrics
@@ -82,14 +86,17 @@ def main(argv: list[str]) -> dict:
 
     recommender, checkpoint = Recommender.load(cfg, device=accelerator.device)
     split = recommender.setup.split
-    users = evaluation_users(split, cfg.eval.users, cfg.run.seed, period_start(cfg), cfg.eval.split)
+    cases = evaluation_cases(split, cfg.eval.users, cfg.run.seed, period_start(cfg), cfg.eval.split)
     if recommender.setup.template.answers:
-        return evaluate_pointwise(cfg, accelerator, recommender, users, checkpoint)
+        if split.protocol != "leave_one_out":
+            raise ConfigError(f"{recommender.setup.template.source} is pointwise: it is evaluated on each user's "
+                              f"held-out interaction (leave-one-out), not on data.split={split.protocol} rows")
+        return evaluate_pointwise(cfg, accelerator, recommender, [c.user_id for c in cases], checkpoint)
     k = max(cfg.eval.ks)
     start = time.time()
     why = {}
     with accelerator.autocast():
-        mine = rank_users(recommender, users, cfg.eval.split, k, accelerator.process_index,
+        mine = rank_cases(recommender, cases, cfg.eval.split, k, accelerator.process_index,
                           accelerator.num_processes, progress=accelerator.is_main_process, rationales=why)
     elapsed = time.time() - start
     rankings, rationales = {}, {}
@@ -99,16 +106,18 @@ def main(argv: list[str]) -> dict:
     if not accelerator.is_main_process:
         return {}
 
-    metrics = score(rankings, split, users, cfg.eval.split, cfg.eval.ks, ips_clip=cfg.eval.ips_clip, seed=cfg.run.seed)
+    metrics = score_cases(rankings, split, cases, cfg.eval.ks, ips_clip=cfg.eval.ips_clip, seed=cfg.run.seed)
     if rationales:  # reason-then-recommend: how the written rationales relate to history and recommendations
         setup = recommender.setup
-        reference = setup.with_rationales([split.example(u, cfg.eval.split, cfg.data.max_history) for u in users])
-        metrics.update(rationale_metrics([[i for i, _ in rankings[u]] for u in users], [rationales[u] for u in users],
+        reference = setup.with_rationales([split.case_example(c, cfg.data.max_history) for c in cases])
+        metrics.update(rationale_metrics([[i for i, _ in rankings[c.case_id]] for c in cases],
+                                         [rationales[c.case_id] for c in cases],
                                          [ex.rationale for ex in reference], RationaleBuilder(split, cfg.reason)))
+    per = "users_per_s" if split.protocol == "leave_one_out" else "rows_per_s"
     results = {
         "metrics": metrics,
         "protocol": protocol(
-            cfg, split, users, cfg.eval.split,
+            cfg, split, cases, cfg.eval.split,
             model=cfg.model.name_or_path, model_path=str(recommender.setup.model_path),
             adapter=str(checkpoint) if checkpoint else None, adapter_members=len(recommender.members),
             quantization=cfg.model.quantization,
@@ -118,19 +127,18 @@ def main(argv: list[str]) -> dict:
             device=str(next(recommender.model.parameters()).device),
             attn_implementation=cfg.model.attn_implementation,
         ),
-        "baselines": baseline_metrics(cfg, split, users, cfg.eval.split),
-        "timing": {"seconds": round(elapsed, 1), "users_per_s": round(len(users) / elapsed, 3)},
+        "baselines": baseline_metrics(cfg, split, cases, cfg.eval.split),
+        "timing": {"seconds": round(elapsed, 1), per: round(len(cases) / elapsed, 3)},
     }
     out = Path(cfg.run.output_dir)
     atomic_write_text(out / "eval_results.json", json.dumps(results, indent=2))
-    atomic_write_text(out / "rankings.jsonl", "".join(
-        json.dumps({"user_id": u, "items": [split.catalog[i].item_id for i, _ in rankings[u]],
-                    "scores": [round(s, 4) for _, s in rankings[u]],
-                    **({"rationale": rationales[u]} if u in rationales else {})}) + "\n" for u in users))
-    m = results["metrics"]
-    log.info("%s on %d users: HR@10 %.4f  NDCG@10 %.4f  MRR@10 %.4f  valid %.3f  dup %.3f  (%.2f users/s)",
-             "base model" if checkpoint is None else checkpoint, len(users), m["hit@10"], m["ndcg@10"], m["mrr@10"],
-             m["valid_item_rate"], m["duplicate_rate"], results["timing"]["users_per_s"])
+    atomic_write_text(out / "rankings.jsonl", rankings_jsonl(split, cases, rankings, rationales))
+    m, unit = results["metrics"], per.split("_")[0]
+    at = 10 if 10 in cfg.eval.ks else max(cfg.eval.ks)
+    log.info("%s on %d %s: HR@%d %.4f  NDCG@%d %.4f  MRR@%d %.4f  valid %.3f  dup %.3f  (%.2f %s/s)",
+             "base model" if checkpoint is None else checkpoint, len(cases), unit, at, m[f"hit@{at}"], at,
+             m[f"ndcg@{at}"], at, m[f"mrr@{at}"], m["valid_item_rate"], m["duplicate_rate"], results["timing"][per],
+             unit)
     log.info("results written to %s", out / "eval_results.json")
     return results
 

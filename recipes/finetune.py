@@ -36,7 +36,7 @@ from genrec.counterfactual import NullHistory
 from genrec.encoding import IGNORE_INDEX, tokenize_workers, tokenized_dataset, training_data_fingerprint
 from genrec.ensemble import assemble, member_configs
 from genrec.errors import CheckpointError, ConfigError, DataError
-from genrec.evaluation import evaluation_users, period_start, rank_users, score
+from genrec.evaluation import evaluation_cases, period_start, rank_cases, score_cases
 from genrec.modeling import attach_adapter, resolve_dtype
 from genrec.multitask import label_weights
 from genrec.pointwise import answer_token_ids, evaluation_examples, preference_scores, roc_auc, sharded_scores
@@ -314,7 +314,7 @@ def train(cfg, accelerator) -> bool:
             "template_sha256": setup.template.sha256, "item_index": setup.index.fingerprint,
             "identifier": cfg.items.identifier, "train_data": train_data, "processes": world}
     valid_key = "valid_auc" if setup.template.answers else "valid_ndcg@10"
-    validation_users = evaluation_users(setup.split, cfg.train.eval_users, cfg.run.seed, period_start(cfg), "valid")
+    validation_cases = evaluation_cases(setup.split, cfg.train.eval_users, cfg.run.seed, period_start(cfg), "valid")
 
     def adapted() -> torch.nn.Module:
         """The peft model inside whatever wrapper the launcher put around the training objective."""
@@ -344,8 +344,8 @@ def train(cfg, accelerator) -> bool:
         together = sharding.kind(accelerator) == "fsdp"
         with sharding.whole_model(accelerator, objective):
             if setup.template.answers:
-                asked = evaluation_examples(setup.split, validation_users, "valid", cfg.data.max_history,
-                                            cfg.data.like_threshold)
+                asked = evaluation_examples(setup.split, [c.user_id for c in validation_cases], "valid",
+                                            cfg.data.max_history, cfg.data.like_threshold)
                 if together:
                     prompts = [setup.encoder.prompt_ids(ex) for ex in asked]
                     scores = preference_scores(net, prompts, *answer_token_ids(setup.encoder),
@@ -355,13 +355,13 @@ def train(cfg, accelerator) -> bool:
                 net.train()
                 return roc_auc(scores, [bool(ex.label) for ex in asked])
             rec = Recommender(net, setup)
-            mine = rank_users(rec, validation_users, "valid", 10, *((0, 1) if together else (rank, world)))
+            mine = rank_cases(rec, validation_cases, "valid", 10, *((0, 1) if together else (rank, world)))
         net.train()
         gathered = dict(mine) if together else {}
         if not together:
             for part in accelerator.gather_for_metrics([mine], use_gather_object=True):
                 gathered.update(part)
-        return score(gathered, setup.split, validation_users, "valid", [10], bias=False)["ndcg@10"]
+        return score_cases(gathered, setup.split, validation_cases, [10], bias=False)["ndcg@10"]
 
     def select(ndcg: float) -> None:
         """Track the best validation so far; with train.select_best keep its weights in <output_dir>/best."""
@@ -445,8 +445,8 @@ def train(cfg, accelerator) -> bool:
             window_loss, window_tokens, window_start = 0.0, 0, time.time()
         if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < total:
             ndcg = validate()
-            metrics.write({"step": step, valid_key: round(ndcg, 5), "valid_users": len(validation_users)})
-            log.info("step %d: %s %.4f on %d users", step, valid_key, ndcg, len(validation_users))
+            metrics.write({"step": step, valid_key: round(ndcg, 5), "valid_users": len(validation_cases)})
+            log.info("step %d: %s %.4f on %d cases", step, valid_key, ndcg, len(validation_cases))
             select(ndcg)
             if cfg.train.patience and selection["since_best"] >= cfg.train.patience:
                 selection["stopped_early"] = True
@@ -465,8 +465,8 @@ def train(cfg, accelerator) -> bool:
         return False
     if not selection["stopped_early"]:
         ndcg = validate()
-        metrics.write({"step": step, valid_key: round(ndcg, 5), "valid_users": len(validation_users)})
-        log.info("final %s %.4f on %d users", valid_key, ndcg, len(validation_users))
+        metrics.write({"step": step, valid_key: round(ndcg, 5), "valid_users": len(validation_cases)})
+        log.info("final %s %.4f on %d cases", valid_key, ndcg, len(validation_cases))
         select(ndcg)
     if cfg.train.select_best and selection["best_step"] != step:
         from peft import set_peft_model_state_dict

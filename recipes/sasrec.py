@@ -4,7 +4,7 @@
     python recipes/sasrec.py --config recipes/configs/ml100k/smollm2_lora.yaml run.output_dir=runs/ml100k/sasrec
     python recipes/sasrec.py --config ... sasrec.retrain=false        # rank again with the saved sasrec.pt
 
-Same split, same seen-item rule (decode.exclude_seen), same users (eval.users, run.seed),
+Same split (data.split), same seen-item rule (decode.exclude_seen), same cases (eval.users, run.seed),
 same metric code and the same popularity baseline as recipes/evaluate.py, so the
 rows of `genrec results` compare like with like. Early stopping uses validation
 NDCG@10 only; the test split is never looked at while training. The LLM (and its
@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from genrec import sasrec
 from genrec.config import load_config, parse_cli
 from genrec.data import load_split
-from genrec.evaluation import baseline_metrics, evaluation_users, period_start, protocol, score
+from genrec.evaluation import baseline_metrics, evaluation_cases, period_start, protocol, rankings_jsonl, score_cases
 from genrec.runtime import run, set_threads, setup_logging
 from genrec.training import atomic_write_text
 
@@ -54,40 +54,41 @@ def main(argv: list[str]) -> dict:
         sasrec.save(checkpoint, model, p, split, cfg.run.seed, fit)
         reused = False
 
-    # the selected model on every user's validation item (the early-stopping number, plus HR and MRR)
-    valid_users = split.eval_users
-    valid = score(sasrec.rank_split(model, split, valid_users, "valid", 10, cfg.decode.exclude_seen, p.eval_batch),
-                  split, valid_users, "valid", [10])
-    users = evaluation_users(split, cfg.eval.users, cfg.run.seed, period_start(cfg), cfg.eval.split)
+    # the selected model on every validation case (the early-stopping number, plus HR and MRR)
+    valid_cases = split.cases("valid")
+    valid = score_cases(sasrec.rank_cases(model, split, valid_cases, 10, cfg.decode.exclude_seen, p.eval_batch),
+                        split, valid_cases, [10])
+    cases = evaluation_cases(split, cfg.eval.users, cfg.run.seed, period_start(cfg), cfg.eval.split)
     start = time.time()
-    rankings = sasrec.rank_split(model, split, users, cfg.eval.split, max(cfg.eval.ks), cfg.decode.exclude_seen, p.eval_batch)
+    rankings = sasrec.rank_cases(model, split, cases, max(cfg.eval.ks), cfg.decode.exclude_seen, p.eval_batch)
     elapsed = time.time() - start
+    loo = split.protocol == "leave_one_out"
+    unit = "users" if loo else "rows"
     results = {
-        "metrics": score(rankings, split, users, cfg.eval.split, cfg.eval.ks, ips_clip=cfg.eval.ips_clip,
-                         seed=cfg.run.seed),
+        "metrics": score_cases(rankings, split, cases, cfg.eval.ks, ips_clip=cfg.eval.ips_clip, seed=cfg.run.seed),
         "protocol": protocol(
-            cfg, split, users, cfg.eval.split,
+            cfg, split, cases, cfg.eval.split,
             max_history=p.max_len, identifier="catalog index",
             decoding={"method": "full-catalog scores (last hidden state x item embeddings)", "batch_users": p.eval_batch},
             model="SASRec", sasrec=sasrec.model_settings(p), checkpoint=str(checkpoint), adapter=None,
             epochs_trained=fit.epochs, best_epoch=fit.best_epoch, best_valid_ndcg10=round(fit.best_valid_ndcg10, 6),
-            validation={"users": len(valid_users), **{m: round(valid[m], 6) for m in ("hit@10", "ndcg@10", "mrr@10")}},
+            validation={unit: len(valid_cases), **{m: round(valid[m], 6) for m in ("hit@10", "ndcg@10", "mrr@10")}},
             early_stopping=f"validation NDCG@10, patience {p.patience} epochs, best weights kept",
             threads=torch.get_num_threads(),
         ),
-        "baselines": baseline_metrics(cfg, split, users, cfg.eval.split),
+        "baselines": baseline_metrics(cfg, split, cases, cfg.eval.split),
         "timing": {"train_seconds": round(fit.seconds, 1), "epochs": fit.epochs, "reused_checkpoint": reused,
-                   "rank_seconds": round(elapsed, 2), "users_per_s": round(len(users) / max(elapsed, 1e-9), 1)},
+                   "rank_seconds": round(elapsed, 2), f"{unit}_per_s": round(len(cases) / max(elapsed, 1e-9), 1)},
     }
     atomic_write_text(out / "eval_results.json", json.dumps(results, indent=2))
-    atomic_write_text(out / "rankings.jsonl", "".join(
-        json.dumps({"user_id": u, "items": [split.catalog[i].item_id for i, _ in rankings[u]],
-                    "scores": [round(s, 4) for _, s in rankings[u]]}) + "\n" for u in users))
-    log.info("SASRec validation (%d users): HR@10 %.4f  NDCG@10 %.4f  MRR@10 %.4f",
-             len(valid_users), valid["hit@10"], valid["ndcg@10"], valid["mrr@10"])
+    atomic_write_text(out / "rankings.jsonl", rankings_jsonl(split, cases, rankings))
+    log.info("SASRec validation (%d %s): HR@10 %.4f  NDCG@10 %.4f  MRR@10 %.4f",
+             len(valid_cases), unit, valid["hit@10"], valid["ndcg@10"], valid["mrr@10"])
     m = results["metrics"]
-    log.info("SASRec on %d users (%s): HR@10 %.4f  NDCG@10 %.4f  MRR@10 %.4f  valid %.3f  dup %.3f",
-             len(users), cfg.eval.split, m["hit@10"], m["ndcg@10"], m["mrr@10"], m["valid_item_rate"], m["duplicate_rate"])
+    at = 10 if 10 in cfg.eval.ks else max(cfg.eval.ks)
+    log.info("SASRec on %d %s (%s): HR@%d %.4f  NDCG@%d %.4f  MRR@%d %.4f  valid %.3f  dup %.3f",
+             len(cases), unit, cfg.eval.split, at, m[f"hit@{at}"], at, m[f"ndcg@{at}"], at, m[f"mrr@{at}"],
+             m["valid_item_rate"], m["duplicate_rate"])
     log.info("results written to %s", out / "eval_results.json")
     return results
 

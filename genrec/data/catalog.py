@@ -96,7 +96,8 @@ class Catalog:
         format asked for fields; "error" raises a DataError naming how many lack text and the first ids
         (the config path, data.missing_item_text, defaults to it).
         """
-        ids = sorted({str(i) for i in item_ids}, key=lambda i: (_natural_key(i), i))  # total order: "1" vs "01"
+        distinct = item_ids.unique() if isinstance(item_ids, pd.Series) else item_ids  # a 10M-row column: once each
+        ids = sorted({str(i) for i in distinct}, key=lambda i: (_natural_key(i), i))  # total order: "1" vs "01"
         needed = _format_fields(text_format)
         text_fields = [f for f in needed if f != "item_id"]
         if item_frame is not None:
