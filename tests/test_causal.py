@@ -329,7 +329,7 @@ def test_causal_benchmark_trains_both_recipes_and_picks_gamma_on_validation(tiny
     # the shipped recipes, on the tiny model and toy data
     overrides = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "prompt.template="))]
     overrides += ["train.weight_clip=5", "reason.max_new_tokens=16"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENREC_RECIPES_IN_PROCESS": "1"}
     cmd = [sys.executable, str(REPO / "benchmarks" / "causal.py"), "--epochs", "1", "--out", str(tmp_path / "c"),
            "--gammas", "0", "1", "3", "--penalties", "-1", "--mixes", "0.5", "--lambdas", "0.5", "--set", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
@@ -393,7 +393,7 @@ def test_causal_benchmark_averages_seeds_and_chooses_on_their_mean(tiny_override
     import sys
 
     overrides = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "prompt.template="))]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENREC_RECIPES_IN_PROCESS": "1"}
     cmd = [sys.executable, str(REPO / "benchmarks" / "causal.py"), "--systems", "sft", "--seeds", "1", "2",
            "--epochs", "1", "--out", str(tmp_path / "c"), "--penalties", "-1", "--mixes", "0.5", "--set", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)

@@ -312,7 +312,7 @@ def test_explain_benchmark_scores_the_recipe_beside_the_baselines(tiny_overrides
     # the shipped recipe, on the tiny model and toy data
     overrides = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "prompt.template="))]
     overrides += ["explain.max_new_tokens=12", "explain.cowatch_min=1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENREC_RECIPES_IN_PROCESS": "1"}
     cmd = [sys.executable, str(REPO / "benchmarks" / "explain.py"), "--users", "6", "--out", str(tmp_path / "e"),
            "--set", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)

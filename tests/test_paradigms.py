@@ -355,7 +355,7 @@ def test_paradigms_benchmark_runs_every_part(tiny_overrides, tmp_path):
 
     overrides = [o for o in tiny_overrides if not o.startswith(("run.output_dir=", "prompt.template="))]
     overrides += ["train.max_steps=2", f"data.time_cut={CUT}", "train.mask_window=4", "train.eval_users=4"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENREC_RECIPES_IN_PROCESS": "1"}
     cmd = [sys.executable, str(REPO / "benchmarks" / "paradigms.py"), "--out", str(tmp_path / "p"), "--shots", "8", "16",
            "--set", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)

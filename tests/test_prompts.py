@@ -68,7 +68,8 @@ def test_shipped_templates_load_and_check(path, identifier, catalog):
         assert t.render_completion(item, identifier) == item.identifier(identifier)
     if path.name not in ("next_item_atomic.yaml", "next_item_semantic.yaml", "next_item_title_sequence.yaml",
                          "reason_then_recommend.yaml", "next_item_atomic_multitask.yaml",
-                         "recommend_then_explain.yaml", "next_item_atomic_products.yaml"):  # prompt.chat=off
+                         "recommend_then_explain.yaml", "next_item_atomic_products.yaml",
+                         "explain_line.yaml"):  # prompt.chat=off
         assert t.render_system()  # every chat template ships a system prompt
     prompt = t.render_prompt(Example("u", (0, 1), 2), catalog, identifier)
     assert not prompt.startswith("\n") and not prompt.endswith("\n")

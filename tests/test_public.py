@@ -384,7 +384,7 @@ def test_public_benchmark_smoke(tmp_path, tiny_model_dir, dataset, systems):
            str(tmp_path / "out"), "--systems", *systems, "--set", f"data.path={folder}",
            f"model.name_or_path={tiny_model_dir}", "model.dtype=float32"]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "GENREC_RECIPES_IN_PROCESS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     count = "users" if dataset == "beauty" else "rows"

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_quality(tmp_path: Path, overrides: list[str], *flags: str, seeds: tuple[str, ...] = ("1", "2")) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENREC_RECIPES_IN_PROCESS": "1"}
     cmd = [sys.executable, str(REPO / "benchmarks" / "quality.py"), "--seeds", *seeds, "--out", str(tmp_path / "q"),
            "--sasrec-config", str(REPO / "recipes" / "configs" / "ml100k" / "sasrec.yaml"), *flags, "--set", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, check=False)
