@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from genrec.items import ItemIndex
+from genrec.packed import PackedTree, supports_packing
 from genrec.output_head import FP32Head, plain_head
 from genrec.shared_prefix import PrefixState, shared_prefix_attention, supports
 
@@ -313,53 +314,28 @@ def score_branches(model, prompt: list[int], branches: list[tuple[list[int], lis
     """For each branch ``(head, lines)``: log p(line | prompt + head) / len(line) ** length_penalty of each line
     (e.g. the candidate explanation lines of each recommended item, the item's title as its head).
 
-    Everything runs in ONE forward pass of a packed sequence — the prompt, then each head followed by its
-    lines — under a 4-D attention mask: a head sees the prompt and itself, a line sees the prompt, its head
-    and itself (causally), and positions continue as if each line followed its head directly. The prompt
-    and each head are therefore read once for all their continuations, with no copy of their keys and
-    values (what ``score_continuations`` repeats per line). Only the line tokens' log-probabilities are
-    computed, in chunks of ``chunk`` positions through the fp32 output layer."""
-    if model.config._attn_implementation not in ("sdpa", "eager"):  # flash attention takes no 4-D mask
+    Everything runs in ONE forward pass (genrec.packed): the prompt, each head after it, each line after
+    its head. The prompt and each head are read once for all their continuations, with no copy of their
+    keys and values (what ``score_continuations`` repeats per line). Only the line tokens'
+    log-probabilities are computed, in chunks of ``chunk`` positions through the fp32 output layer."""
+    if not supports_packing(model):
         return [score_continuations(model, prompt, [head + line for line in lines], length_penalty,
                                     skip=[len(head)] * len(lines), next_logp=next_logp).tolist()
                 if lines else [] for head, lines in branches]
     device = next(model.parameters()).device
     next_logp = next_logp or NextTokenLogProbs(model)
-    tokens, positions = list(prompt), list(range(len(prompt)))
-    spans = []  # (start, end, the earlier ranges it sees): each head and each line
-    plen = len(prompt)
-    reads = []  # per line token: (index of the position predicting it, branch, line)
+    tree = PackedTree()
+    root = tree.add(prompt)
+    reads = []  # per line token: (packed index of the position predicting it, branch, line)
     for b, (head, lines) in enumerate(branches):
-        h0 = len(tokens)
-        tokens += head
-        positions += range(plen, plen + len(head))
-        spans.append((h0, len(tokens), [(0, plen)]))
+        after = tree.add(head, root) if head else root
         for line_no, line in enumerate(lines):
-            l0 = len(tokens)
-            tokens += line
-            positions += range(plen + len(head), plen + len(head) + len(line))
-            spans.append((l0, len(tokens), [(0, plen), (h0, h0 + len(head))]))
-            before = (h0 + len(head) - 1) if head else plen - 1  # the token the line's first token follows
-            for t in range(len(line)):
-                reads.append((before if t == 0 else l0 + t - 1, b, line_no))
-    n = len(tokens)
-    visible = torch.zeros((n, n), dtype=torch.bool)
-    visible[:plen, :plen] = torch.ones((plen, plen), dtype=torch.bool).tril()
-    for start, end, ranges in spans:
-        visible[start:end, start:end] = torch.ones((end - start, end - start), dtype=torch.bool).tril()
-        for lo, hi in ranges:
-            visible[start:end, lo:hi] = True
-    if model.config._attn_implementation == "eager":  # an additive mask in the attention's dtype
-        dtype = next(model.parameters()).dtype
-        mask = torch.zeros((n, n), dtype=dtype).masked_fill(~visible, torch.finfo(dtype).min)
-    else:
-        mask = visible
-    ids = torch.tensor([tokens], dtype=torch.long, device=device)
-    pos = torch.tensor([positions], dtype=torch.long, device=device)
+            segment = tree.add(line, after)
+            reads += [(after.index(-1) if t == 0 else segment.index(t - 1), b, line_no) for t in range(len(line))]
     where = torch.tensor([r[0] for r in reads], dtype=torch.long, device=device)
     targets = torch.tensor([tok for _, lines in branches for line in lines for tok in line], dtype=torch.long,
                            device=device)
-    inputs = {"input_ids": ids, "attention_mask": mask[None, None].to(device), "position_ids": pos, "use_cache": False}
+    inputs = tree.inputs(model, device)
     if next_logp.body is not None:
         hidden = next_logp.body(**inputs).last_hidden_state[0, where]
         logp = torch.cat([torch.log_softmax(next_logp.head(hidden[i: i + chunk]), -1)
@@ -372,6 +348,27 @@ def score_branches(model, prompt: list[int], branches: list[tuple[list[int], lis
         totals[b][line_no] += value
     return [[t / len(line) ** length_penalty if length_penalty else t for t, line in zip(row, lines)]
             for row, (_, lines) in zip(totals, branches)]
+
+
+@torch.no_grad()
+def next_token_log_probs_sharing_prefixes(next_logp: NextTokenLogProbs, prompts: list[list[int]]) -> torch.Tensor:
+    """[prompts, vocab]: fp32 next-token log-probabilities after each prompt, where the prompts share long
+    prefixes with the first one (e.g. one history and copies with a few items removed): each runs from where
+    it leaves the first, in one packed forward (genrec.packed)."""
+    model = next_logp.model
+    device = next(model.parameters()).device
+    tree = PackedTree()
+    trunk = tree.add(prompts[0])
+    last = [trunk.index(-1)]
+    for prompt in prompts[1:]:
+        shared = next((i for i, (a, b) in enumerate(zip(prompts[0], prompt)) if a != b), min(len(prompt), len(prompts[0])))
+        shared = min(shared, len(prompt) - 1)  # at least one token of its own, to read its last position from
+        last.append(tree.add(prompt[shared:], trunk, shared).index(-1))
+    inputs = tree.inputs(model, device)
+    where = torch.tensor(last, dtype=torch.long, device=device)
+    if next_logp.body is not None:
+        return torch.log_softmax(next_logp.head(next_logp.body(**inputs).last_hidden_state[0, where]), -1)
+    return torch.log_softmax(model(**inputs).logits[0, where].float(), -1)
 
 
 def score_items(model, prompt: list[int], index: ItemIndex, items: list[int] | None = None,

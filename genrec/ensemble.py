@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from genrec.config import Config
-from genrec.decoding import NextTokenLogProbs, left_pad
+from genrec.decoding import NextTokenLogProbs, left_pad, next_token_log_probs_sharing_prefixes
+from genrec.packed import supports_packing
 from genrec.errors import CheckpointError
 from genrec.evaluation import top_k_unseen
 from genrec.items import ItemIndex
@@ -107,11 +108,15 @@ def _one_token_items(index: ItemIndex) -> None:
 
 @torch.no_grad()
 def item_log_probs(next_logp: NextTokenLogProbs, prompts: list[list[int]], index: ItemIndex,
-                   pad_id: int = 0) -> torch.Tensor:
+                   pad_id: int = 0, shared_prefix: bool = False) -> torch.Tensor:
     """[prompts, items]: log p(item | prompt) over the whole vocabulary, column i = catalog item i (one-token
-    items), from one left-padded forward pass of the batch."""
+    items), from one left-padded forward pass of the batch; with ``shared_prefix`` (prompts that share long
+    prefixes with the first) from one packed forward that reads each shared prefix once."""
     _one_token_items(index)
     device = next(next_logp.model.parameters()).device
+    if shared_prefix and supports_packing(next_logp.model):
+        logp = next_token_log_probs_sharing_prefixes(next_logp, prompts)
+        return logp[:, index.on(logp.device).first_token]
     ids, mask = left_pad(prompts, pad_id, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     tokens = index.on(device).first_token
@@ -122,7 +127,7 @@ def item_log_probs(next_logp: NextTokenLogProbs, prompts: list[list[int]], index
 @torch.no_grad()
 def mean_item_log_probs(model, prompts: list[list[int]], index: ItemIndex, pad_id: int = 0,
                         adapters: list[str | None] | None = None,
-                        next_logp: NextTokenLogProbs | None = None) -> torch.Tensor:
+                        next_logp: NextTokenLogProbs | None = None, shared_prefix: bool = False) -> torch.Tensor:
     """[prompts, items]: the members' mean log p(item | prompt). ``adapters``: the members' adapter names on
     ``model`` (a peft model carrying all of them), each activated in turn for its forward pass; the first
     is active again afterwards. None: ``model`` alone."""
@@ -133,7 +138,7 @@ def mean_item_log_probs(model, prompts: list[list[int]], index: ItemIndex, pad_i
     for name in adapters:
         if name is not None:
             model.set_adapter(name)
-        logp = item_log_probs(next_logp, prompts, index, pad_id)
+        logp = item_log_probs(next_logp, prompts, index, pad_id, shared_prefix)
         score = logp if score is None else score + logp
     if adapters[0] is not None:
         model.set_adapter(adapters[0])

@@ -13,8 +13,9 @@ its top-K items is explained the way ``explain.decoding=grounded`` explains (gen
 4. the chosen line's claims are parsed and re-checked against the data (genrec.explain_verify).
 
 It is built for serving: all K items are explained together. For one-token items (atomic ids) step 2 is
-one batched forward over the reduced histories (each gives every item's score at once), and step 3 is one
-forward of the shared prompt plus one batch of every item's candidate lines (genrec.decoding.score_continuations).
+one packed forward over the history and its reduced copies, which share their beginnings (each gives every
+item's score at once), and step 3 is one packed forward of the prompt, every item's title and every
+candidate line (genrec.packed, genrec.decoding.score_branches).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ class RankingExplainer:
         """[histories, items]: the recommender's log-probability of each item after each history."""
         if self.setup.index.max_depth == 1:  # one token per item: one forward per history gives every item
             prompts = [self.setup.encoder.prompt_ids(Example(user_id, h, None)) for h in histories]
-            return self.recommender.item_log_probs(prompts)[:, items].cpu()
+            return self.recommender.item_log_probs(prompts, shared_prefix=True)[:, items].cpu()
         return torch.tensor([[item_logprob(self.recommender, user_id, h, i) for i in items] for h in histories])
 
     def _likeliest(self, example: Example, items: list[int],

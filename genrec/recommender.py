@@ -245,11 +245,12 @@ class Recommender:
         model.set_adapter(names[0])
         return cls(model.eval(), setup, names), folder
 
-    def item_log_probs(self, prompts: list[list[int]]) -> torch.Tensor:
+    def item_log_probs(self, prompts: list[list[int]], shared_prefix: bool = False) -> torch.Tensor:
         """[prompts, items]: log p(item | prompt) of one-token items (atomic ids) from one batched forward
-        (an ensemble: the members' mean), without the decoding priors."""
+        (an ensemble: the members' mean), without the decoding priors. ``shared_prefix``: the prompts share
+        long prefixes with the first (read once, genrec.packed)."""
         return mean_item_log_probs(self.model, prompts, self.setup.index, self.setup.tokenizer.pad_token_id,
-                                   self.members, self.next_logp)
+                                   self.members, self.next_logp, shared_prefix)
 
     @functools.cached_property
     def next_logp(self) -> NextTokenLogProbs:

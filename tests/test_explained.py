@@ -205,3 +205,25 @@ def test_the_explain_benchmark_scores_the_headline_models_own_top10(headline, tm
     assert latency["users"] == 2 and 0 < latency["top10_p50"] <= latency["explained_top10_p50"] + 1.0
     records = [json.loads(x) for x in (tmp_path / "explanations.jsonl").read_text().splitlines()]
     assert len(records) == 40 and all(r["claims_true"] == r["claims"] for r in records)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_histories_sharing_a_prefix_score_items_as_separate_prompts(headline, implementation):
+    """Faithful selection reads the history and its copies with cited items removed in one packed forward
+    that reads their shared beginning once; the item scores equal those of separate, padded prompts."""
+    _, recommender = headline
+    setup = recommender.setup
+    model = recommender.model
+    before = model.config._attn_implementation
+    model.config._attn_implementation = implementation
+    try:
+        example, _ = cases(recommender, 1)
+        history = example[0].history
+        histories = [history, history[:-1], tuple(h for h in history if h != history[1]), history[2:], history[:1]]
+        prompts = [setup.encoder.prompt_ids(example[0].__class__("u", h, None)) for h in histories]
+        packed = recommender.item_log_probs(prompts, shared_prefix=True)
+        separate = recommender.item_log_probs(prompts)
+    finally:
+        model.config._attn_implementation = before
+    torch.testing.assert_close(packed, separate, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(packed[0], packed[1])  # the histories really differ
