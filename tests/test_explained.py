@@ -194,15 +194,16 @@ def test_the_explain_benchmark_scores_the_headline_models_own_top10(headline, tm
     overrides, recommender = headline
     adapter = load_config(None, overrides).run.output_dir + "/adapter"
     config_overrides = [o for o in overrides if not o.startswith("run.output_dir=")]
-    result = bench.explain_headline(Namespace(config=None, adapter=adapter, users=4, latency_users=2, seed=42,
+    result = bench.explain_headline(Namespace(config=None, adapter=adapter, users=4, seed=42,
                                               out=str(tmp_path), retrain=False, set=config_overrides))
-    assert result["ndcg@10"] == result["headline_ndcg@10"] and result["ranking_users"] == 24
+    assert result["ndcg@10"] == result["headline_ndcg@10"] and result["ranking_users"] == 24  # fp32: same ranking
     assert result["explained_items"] == 40 and result["explained_share"] > 0.5
     assert result["item_grounding_precision"] == 1.0 and result["history_grounding_precision"] == 1.0
     assert result["hallucinated_title_rate"] == 0.0 and 0.0 <= result["usr"] <= 1.0
     assert 1 <= result["distinct_top1"] <= 24
     latency = result["latency_s"]
-    assert latency["users"] == 2 and 0 < latency["top10_p50"] <= latency["explained_top10_p50"] + 1.0
+    assert latency["users"] == 4 and latency["top10_users"] == 24
+    assert 0 < latency["top10_p50"] <= latency["explained_top10_p50"]
     records = [json.loads(x) for x in (tmp_path / "explanations.jsonl").read_text().splitlines()]
     assert len(records) == 40 and all(r["claims_true"] == r["claims"] for r in records)
 
