@@ -136,6 +136,7 @@ def test_the_chosen_line_is_the_likeliest_under_the_explanation_template(headlin
                       for i in items]
         chosen = explainer._likeliest(example, items, candidates)
         prompt = explainer.encoder.prompt_ids(replace(example, history=example.history[-setup.cfg.explain.prompt_history:]))
+        used = set()
         for item, cands, pick in zip(items, candidates, chosen):
             if not cands:
                 assert pick is None
@@ -145,7 +146,21 @@ def test_the_chosen_line_is_the_likeliest_under_the_explanation_template(headlin
                 replace(example, target=item), setup.split.catalog, "title", c.text)) for c in cands]
             scores = score_continuations(recommender.model, prompt, [head + line for line in lines],
                                          setup.cfg.explain.length_penalty, skip=[len(head)] * len(lines))
-            assert pick.text == cands[int(scores.argmax())].text
+            fresh = [i for i in range(len(cands)) if cands[i].text not in used]
+            # the likeliest line no higher-ranked item uses; the likeliest of all when every line is used
+            best = max(fresh, key=lambda i: float(scores[i])) if fresh else int(scores.argmax())
+            assert pick.text == cands[best].text
+            used.add(pick.text)
+
+
+def test_a_list_repeats_a_line_only_when_an_item_has_no_other():
+    from genrec.explained import distinct_picks
+    from genrec.explanations import Explanation
+
+    a, b, c = (Explanation("family", text, None) for text in ("A", "B", "C"))
+    picks = distinct_picks([[a, b], [a, b], [a, c], [a], []],
+                           [[0.0, -1.0], [0.0, -1.0], [0.0, -5.0], [0.0], []])
+    assert [p.text if p else None for p in picks] == ["A", "B", "C", "A", None]
 
 
 def test_recommend_explains_the_atomic_recipes_top_k(headline, tmp_path):
