@@ -24,7 +24,7 @@ from genrec.data.splits import Example
 from genrec.decoding import item_token_logprobs
 from genrec.encoding import IGNORE_INDEX
 from genrec.items import ItemIndex
-from genrec.training import collate
+from genrec.batching import collate
 
 
 class NullHistory:

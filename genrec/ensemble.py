@@ -30,7 +30,8 @@ from genrec.packed import supports_packing
 from genrec.errors import CheckpointError
 from genrec.evaluation import top_k_unseen
 from genrec.items import ItemIndex
-from genrec.training import STATE_DIR, atomic_write_text
+from genrec.checkpoint import STATE_DIR
+from genrec.io import atomic_write_text
 
 MANIFEST = "ensemble.json"
 MEMBERS_DIR = "members"

@@ -247,7 +247,7 @@ def attach_adapter(model, cfg: AdapterConfig, trainable_tokens: list[int] | None
 
 def _with_cast_flags(model):
     """peft 0.21's TrainableTokensLayer lacks the ``cast_input_dtype_enabled`` flag that
-    ``peft.helpers.disable_input_dtype_casting`` (used by training.training_loss) toggles on every
+    ``peft.helpers.disable_input_dtype_casting`` (used by loss.training_loss) toggles on every
     adapter layer; give it the default once here instead of on every step."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 

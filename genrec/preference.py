@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from genrec.batching import to_device
 from genrec.encoding import IGNORE_INDEX
+from genrec.loss import label_logits
 
 
 def sample_negatives(sequence: list[int], positives: int, n: int, num_items: int, seed: int, row: int) -> torch.Tensor:
@@ -57,8 +59,6 @@ class SoftmaxDPO:
                 collate, pad_id: int, autocast, batch_size: int, progress: bool = True, device=None) -> None:
         """Sample negatives for ``rows`` and score them with ``model`` (the reference weights, eval mode) on
         ``device`` (default: the CPU); the results are kept on the CPU and travel with each batch."""
-        from genrec.training import label_logits, to_device
-
         device = device or torch.device("cpu")
         candidates = candidates.to(device)
         token_of_item = {item: tok for tok, item in item_of_token.items()}

@@ -39,7 +39,7 @@ from genrec.popularity import smoothed
 from genrec.prompts import PromptFormatter, PromptTemplate
 from genrec.rationale import RationaleBuilder
 from genrec.semantic_ids import CODES_FILE, SemanticCodes, codes_for_run, llm_embeddings
-from genrec.training import TEMPLATE_FILE, read_info
+from genrec.checkpoint import TEMPLATE_FILE, read_info
 
 @dataclass
 class Setup:

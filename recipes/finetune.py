@@ -31,23 +31,25 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from genrec import __version__
+from genrec.batching import collate, epoch_batches, to_device
+from genrec.checkpoint import (STATE_DIR, checkpoint_dirs, load_training_state, prune_checkpoints, read_info,
+                               rng_state, write_checkpoint)
 from genrec.config import load_config, parse_cli, save_config
 from genrec.counterfactual import NullHistory
 from genrec.encoding import IGNORE_INDEX, tokenize_workers, tokenized_dataset, training_data_fingerprint
 from genrec.ensemble import assemble, member_configs
 from genrec.errors import CheckpointError, ConfigError, DataError
 from genrec.evaluation import evaluation_cases, period_start, rank_cases, score_cases
+from genrec.loss import TrainingObjective
+from genrec.metrics_log import MetricsLog
 from genrec.modeling import attach_adapter, resolve_dtype
 from genrec.multitask import label_weights
 from genrec.pointwise import answer_token_ids, evaluation_examples, preference_scores, roc_auc, sharded_scores
 from genrec.preference import SoftmaxDPO
 from genrec.popularity import candidate_prior, training_weights
 from genrec.recommender import Recommender, prepare
-from genrec.runtime import make_accelerator, model_device, run, set_threads, setup_logging
+from genrec.runtime import make_accelerator, model_device, peak_rss_mb, run, set_threads, setup_logging
 from genrec import sharding
-from genrec.training import (STATE_DIR, MetricsLog, TrainingObjective, checkpoint_dirs, collate, epoch_batches,
-                             load_training_state, peak_rss_mb, prune_checkpoints, read_info, rng_state, to_device,
-                             write_checkpoint)
 
 log = logging.getLogger("genrec")
 BEST_DIR = "best"  # train.select_best: the weights of the best validation so far

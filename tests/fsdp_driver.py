@@ -40,7 +40,8 @@ def main() -> None:
     from genrec.evaluation import rank_users
     from genrec.modeling import attach_adapter
     from genrec.recommender import Recommender, prepare
-    from genrec.training import TrainingObjective, collate
+    from genrec.batching import collate
+    from genrec.loss import TrainingObjective
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

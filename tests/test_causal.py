@@ -23,7 +23,8 @@ from genrec.errors import ConfigError
 from genrec.popularity import (TargetWeights, candidate_prior, inverse_popularity_weights, smoothed,
                                training_weights)
 from genrec.recommender import prepare
-from genrec.training import collate, completion_loss
+from genrec.batching import collate
+from genrec.loss import completion_loss
 
 from helpers_recipes import load_recipe
 

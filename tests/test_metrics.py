@@ -16,7 +16,9 @@ from genrec.data.catalog import Catalog
 from genrec.data.splits import build_split
 from genrec.evaluation import baseline_metrics, evaluation_users, shard_batches
 from genrec.metrics import rank_of, ranking_metrics
-from genrec.training import MetricsLog, atomic_write_text, collate, epoch_batches
+from genrec.batching import collate, epoch_batches
+from genrec.io import atomic_write_text
+from genrec.metrics_log import MetricsLog
 
 # --------------------------------------------------------------------------- ranking metrics
 
