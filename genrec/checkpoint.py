@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from genrec.errors import CheckpointError
+from genrec.io import atomic_folder
 
 STATE_DIR = "genrec_state"
 TEMPLATE_FILE = "prompt_template.yaml"
@@ -34,39 +35,32 @@ def rng_state() -> dict:
 def write_checkpoint(folder: Path, peft_model, info: dict, config_text: str, template_text: str,
                      state: dict | None = None, extra_files: dict[str, str] | None = None,
                      adapter_weights: dict[str, torch.Tensor] | None = None) -> Path:
-    """Write an adapter folder atomically: everything goes to a temporary sibling, then one rename.
+    """Write an adapter folder atomically (``genrec.io.atomic_folder``): a temporary sibling, then one rename.
 
     ``state`` (resumable checkpoints): {"optimizer": its state dict, "scheduler": its state dict, "rngs": one
     ``rng_state`` per process, so that each process of a resumed run continues its own streams, "trainer":
     step and the like}. ``extra_files``: name → text written beside the adapter (e.g. semantic item codes).
     ``adapter_weights``: the adapter's parameters when the model holds only shards of them (genrec.sharding)."""
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    # item-token rows are saved by peft as trainable tokens; "auto" would also save the whole resized matrix
-    tokens = getattr(peft_model.peft_config.get("default"), "trainable_token_indices", None)
-    peft_model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False if tokens else "auto",
-                               state_dict=adapter_weights)
-    (tmp / CONFIG_FILE).write_text(config_text)
-    (tmp / TEMPLATE_FILE).write_text(template_text)
-    (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
-    for name, text in (extra_files or {}).items():
-        (tmp / name).write_text(text, encoding="utf-8")
-    if state is not None:
-        folder_state = tmp / STATE_DIR
-        folder_state.mkdir()
-        torch.save(state["optimizer"], folder_state / "optimizer.pt")
-        torch.save(state["scheduler"], folder_state / "scheduler.pt")
-        for rank, rng in enumerate(state.get("rngs") or [rng_state()]):
-            torch.save(rng, folder_state / rng_file(rank))
-        (folder_state / "trainer_state.json").write_text(json.dumps(state.get("trainer") or {}, indent=2))
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(folder) as tmp:
+        tmp.mkdir()
+        # item-token rows are saved by peft as trainable tokens; "auto" would also save the whole resized matrix
+        tokens = getattr(peft_model.peft_config.get("default"), "trainable_token_indices", None)
+        peft_model.save_pretrained(str(tmp), safe_serialization=True,
+                                   save_embedding_layers=False if tokens else "auto", state_dict=adapter_weights)
+        (tmp / CONFIG_FILE).write_text(config_text)
+        (tmp / TEMPLATE_FILE).write_text(template_text)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text, encoding="utf-8")
+        if state is not None:
+            folder_state = tmp / STATE_DIR
+            folder_state.mkdir()
+            torch.save(state["optimizer"], folder_state / "optimizer.pt")
+            torch.save(state["scheduler"], folder_state / "scheduler.pt")
+            for rank, rng in enumerate(state.get("rngs") or [rng_state()]):
+                torch.save(rng, folder_state / rng_file(rank))
+            (folder_state / "trainer_state.json").write_text(json.dumps(state.get("trainer") or {}, indent=2))
     return folder
 
 

@@ -31,7 +31,7 @@ from genrec.errors import CheckpointError
 from genrec.evaluation import top_k_unseen
 from genrec.items import ItemIndex
 from genrec.checkpoint import STATE_DIR
-from genrec.io import atomic_write_text
+from genrec.io import atomic_folder, atomic_write_text
 
 MANIFEST = "ensemble.json"
 MEMBERS_DIR = "members"
@@ -66,12 +66,8 @@ def assemble(output_dir: str | Path, members: int, seed: int) -> Path:
         if not (src / "adapter_config.json").is_file():
             raise CheckpointError(f"ensemble member {k}: no finished adapter at {src}; train it first "
                                   "(recipes/finetune.py with run.resume=true continues where it stopped)")
-        dst = adapter / MEMBERS_DIR / str(k)
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(STATE_DIR))  # the optimizer state is for resuming
-        shutil.rmtree(dst, ignore_errors=True)
-        tmp.rename(dst)
+        with atomic_folder(adapter / MEMBERS_DIR / str(k)) as tmp:
+            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(STATE_DIR))  # the optimizer state is for resuming
     manifest = {"members": [f"{MEMBERS_DIR}/{k}" for k in range(1, members)],
                 "seeds": [member_seed(seed, k) for k in range(members)],
                 "scoring": "mean over members of log p(item | prompt)"}
