@@ -25,6 +25,25 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
     return [batches[i] for i in perm]
 
 
+def left_pad(rows: list[list], value, dtype=torch.long) -> torch.Tensor:
+    """[len(rows), longest row]: each row right-aligned behind ``value``s, so that every row's last token
+    sits in the last column (where generation continues and where decoding reads the next token)."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), value, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, width - len(r):] = torch.tensor(r, dtype=dtype)
+    return out
+
+
+def prompt_inputs(prompts: list[list[int]], pad_id: int, device=None) -> dict[str, torch.Tensor]:
+    """The model inputs of a left-padded batch of token lists: ids, attention mask, and positions counted
+    from each row's first real token (so that padding does not shift them)."""
+    ids = left_pad(prompts, pad_id)
+    mask = left_pad([[1] * len(p) for p in prompts], 0)
+    inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+    return {k: v.to(device) for k, v in inputs.items()} if device is not None else inputs
+
+
 def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """Left-padded batch plus ``loss_positions``: True where the next token is a completion label.
 
@@ -36,25 +55,13 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 
     Rows may carry ``weights`` (one per label, see ``genrec.popularity.TargetWeights``): they become
     ``loss_weights``, aligned with ``labels``."""
-    width = max(len(r["input_ids"]) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        n = len(r["input_ids"])
-        ids[i, width - n:] = torch.tensor(r["input_ids"])
-        labels[i, width - n:] = torch.tensor(r["labels"])
-        mask[i, width - n:] = 1
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    loss_positions = torch.zeros((len(rows), width), dtype=torch.bool)
+    batch = prompt_inputs([r["input_ids"] for r in rows], pad_id)
+    labels = left_pad([r["labels"] for r in rows], IGNORE_INDEX)
+    loss_positions = torch.zeros(labels.shape, dtype=torch.bool)
     loss_positions[:, :-1] = labels[:, 1:] != IGNORE_INDEX
-    batch = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "labels": labels,
-             "loss_positions": loss_positions}
+    batch.update(labels=labels, loss_positions=loss_positions)
     if "weights" in rows[0]:
-        weights = torch.zeros((len(rows), width), dtype=torch.float32)
-        for i, r in enumerate(rows):
-            weights[i, width - len(r["weights"]):] = torch.tensor(r["weights"], dtype=torch.float32)
-        batch["loss_weights"] = weights
+        batch["loss_weights"] = left_pad([r["weights"] for r in rows], 0.0, torch.float32)
     if "negatives" in rows[0]:  # softmax-DPO (genrec.preference): per target, in label order
         batch["negatives"] = torch.cat([r["negatives"] for r in rows])
         batch["reference"] = torch.cat([r["reference"] for r in rows])

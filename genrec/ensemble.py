@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from genrec.config import Config
-from genrec.decoding import NextTokenLogProbs, left_pad, next_token_log_probs_sharing_prefixes
+from genrec.batching import prompt_inputs
+from genrec.decoding import NextTokenLogProbs, next_token_log_probs_sharing_prefixes
 from genrec.packed import supports_packing
 from genrec.errors import CheckpointError
 from genrec.evaluation import top_k_unseen
@@ -114,10 +115,8 @@ def item_log_probs(next_logp: NextTokenLogProbs, prompts: list[list[int]], index
     if shared_prefix and supports_packing(next_logp.model):
         logp = next_token_log_probs_sharing_prefixes(next_logp, prompts)
         return logp[:, index.on(logp.device).first_token]
-    ids, mask = left_pad(prompts, pad_id, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     tokens = index.on(device).first_token
-    logp, _ = next_logp(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+    logp, _ = next_logp(**prompt_inputs(prompts, pad_id, device), use_cache=False)
     return logp[:, tokens.to(logp.device)]
 
 

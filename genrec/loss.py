@@ -11,7 +11,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from genrec.output_head import output_rows, plain_head
+from genrec.output_head import OutputHead
 
 
 def label_logits(model, batch: dict[str, torch.Tensor], candidates: torch.Tensor | None = None,
@@ -72,11 +72,8 @@ def candidate_logits(model, inputs: dict, keep: torch.Tensor, candidates: torch.
     (against ~106M body weights), the 1,682 item rows <1%. The rows are the output layer's, with peft's
     trained item-token rows substituted (``genrec.output_head.output_rows``), tied to the input embedding
     or not."""
-    if plain_head(model):
-        hidden = model.get_decoder()(**inputs, use_cache=False).last_hidden_state[keep]
-        return hidden @ output_rows(model, candidates).T
-    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
-    return logits.reshape(-1, logits.shape[-1])[:, candidates]
+    head = OutputHead(model)
+    return head.token_logits(head.states({**inputs, "use_cache": False}, keep)[0], candidates)
 
 
 def training_loss(model, batch: dict[str, torch.Tensor], autocast, mixed: bool,

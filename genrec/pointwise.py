@@ -16,8 +16,8 @@ import torch
 
 from genrec.data.splits import Example, Split
 from genrec.errors import DataError, TemplateError
-from genrec.decoding import left_pad
-from genrec.output_head import output_rows, plain_head
+from genrec.batching import prompt_inputs
+from genrec.output_head import OutputHead
 
 
 def liked(split: Split, user: str, item: int, threshold: float) -> bool | None:
@@ -85,23 +85,13 @@ def preference_scores(model, prompts: list[list[int]], yes_id: int, no_id: int, 
     plain output layer it is computed in fp32 from the last hidden state and the two output rows, not
     read off bf16 logits (whose ~0.1 resolution at typical magnitudes ties many scores)."""
     device = next(model.parameters()).device
-    direction = None
-    if plain_head(model):
-        yes, no = output_rows(model, torch.tensor([yes_id, no_id], device=device)).detach().float()
-        direction = yes - no
+    head = OutputHead(model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     scores = [0.0] * len(prompts)
     for lo in range(0, len(order), batch_size):
         rows = order[lo: lo + batch_size]
-        ids, mask = left_pad([prompts[i] for i in rows], pad_id, device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
-        if direction is not None:
-            hidden = model.get_decoder()(**inputs).last_hidden_state[:, -1].float()
-            margin = hidden @ direction.to(hidden.device)
-        else:
-            logits = model(**inputs, logits_to_keep=1).logits[:, -1].float()
-            margin = logits[:, yes_id] - logits[:, no_id]
+        inputs = {**prompt_inputs([prompts[i] for i in rows], pad_id, device), "use_cache": False}
+        margin = head.logit_margin(head.states(inputs, -1)[0], yes_id, no_id)
         for i, value in zip(rows, margin.tolist()):
             scores[i] = value
     return scores
