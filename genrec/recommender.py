@@ -22,7 +22,7 @@ from genrec.bias_metrics import propensity_weights
 from genrec.config import Config
 from genrec.data import Split, load_split
 from genrec.counterfactual import null_node_prior
-from genrec.data.splits import Example, parse_time, training_examples
+from genrec.data.splits import Example, training_examples
 from genrec.decoding import NextTokenLogProbs, constrained_topk, greedy_lines
 from genrec.encoding import Encoder
 from genrec.ensemble import ensemble_topk, mean_item_log_probs, member_adapter, member_folders
@@ -64,7 +64,7 @@ class Setup:
                 raise ConfigError(f"{self.template.source} is pointwise ('answers'): it asks about one candidate "
                                   "per prompt, which needs train.objective=target")
             data = self.cfg.data
-            examples = pointwise_examples(self.split, data.max_history, data.like_threshold, parse_time(data.time_cut),
+            examples = pointwise_examples(self.split, data.max_history, data.like_threshold, data.time_cut_seconds,
                                           data.train_period)
             return examples if n is None else balanced_sample(examples, n, seed)
         examples = training_examples(self.split, self.cfg.data, self.cfg.train.objective)
@@ -90,8 +90,8 @@ class Setup:
                                   "add one (see prompts/next_item_atomic_multitask.yaml) or set it to 0")
         out = []
         if train.mix_masked_item:
-            cut = parse_time(data.time_cut)
-            targets = {u: self.split.period_targets(u, cut, data.train_period) for u in self.split.sequences}
+            targets = {u: self.split.period_targets(u, data.time_cut_seconds, data.train_period)
+                       for u in self.split.sequences}
             out += masked_item_examples(self.split, train.mix_masked_item, train.mask_window, self.cfg.run.seed, targets)
         if train.mix_item_from_text:
             out += item_from_text_examples(self.split, train.mix_item_from_text, self.cfg.run.seed)
@@ -145,7 +145,7 @@ def prepare(cfg: Config, template: PromptTemplate | None = None, checkpoint: Pat
             return llm_embeddings(load_base_model(cfg.model, model_path), tokenizer, texts)
 
         codes = codes_for_run(split, cfg, checkpoint, embed_with_llm)
-        split.catalog.assign_semantic(codes.strings())
+        split.catalog = split.catalog.with_semantic(codes.strings())
         names = codes.vocabulary()
         by_name = codes.members()
         item_tokens, members = add_item_tokens(tokenizer, names), [by_name[n] for n in names]

@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from genrec.config import load_config
+from genrec.config import load_config, parse_time
 from genrec.data import load_split
-from genrec.data.splits import Example, parse_time, sequence_windows, sliding_windows
+from genrec.data.splits import Example, sequence_windows, sliding_windows
 from genrec.errors import CheckpointError, ConfigError, DataError, TemplateError
 from genrec.evaluation import evaluation_users
 from genrec.pointwise import (answer_token_ids, balanced_sample, evaluation_examples, pointwise_examples,
