@@ -54,7 +54,8 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     the whole output embedding per row (15% of a step, measured).
 
     Rows may carry ``weights`` (one per label, see ``genrec.popularity.TargetWeights``): they become
-    ``loss_weights``, aligned with ``labels``."""
+    ``loss_weights``, aligned with ``labels``. What a loss term reads besides (e.g. S-DPO's negatives) it
+    adds itself (``genrec.loss.training_batch``)."""
     batch = prompt_inputs([r["input_ids"] for r in rows], pad_id)
     labels = left_pad([r["labels"] for r in rows], IGNORE_INDEX)
     loss_positions = torch.zeros(labels.shape, dtype=torch.bool)
@@ -62,14 +63,11 @@ def collate(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     batch.update(labels=labels, loss_positions=loss_positions)
     if "weights" in rows[0]:
         batch["loss_weights"] = left_pad([r["weights"] for r in rows], 0.0, torch.float32)
-    if "negatives" in rows[0]:  # softmax-DPO (genrec.preference): per target, in label order
-        batch["negatives"] = torch.cat([r["negatives"] for r in rows])
-        batch["reference"] = torch.cat([r["reference"] for r in rows])
     return batch
 
 
-def to_device(batch: dict[str, torch.Tensor] | None, device) -> dict[str, torch.Tensor] | None:
-    """A collated batch on the device the model runs on (non-blocking from pinned memory on GPUs)."""
-    if batch is None:
-        return None
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+def to_device(batch: dict, device) -> dict:
+    """A collated batch, and the batches nested in it, on the device the model runs on (non-blocking from
+    pinned memory on GPUs)."""
+    return {k: to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True)
+            for k, v in batch.items()}

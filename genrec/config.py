@@ -698,6 +698,9 @@ def validate(cfg: Config) -> None:
         if not cfg.train.init_adapter:
             raise ConfigError("config: train.loss=softmax_dpo measures the policy against a frozen reference: set "
                               "train.init_adapter to the SFT adapter folder (e.g. runs/sft/adapter)")
+        if cfg.train.counterfactual_alpha:
+            raise ConfigError("config: train.counterfactual_alpha adds a term to the cross-entropy, which "
+                              "train.loss=softmax_dpo replaces; set one of them")
     _validate_sasrec(cfg.sasrec)
     unknown = [b for b in cfg.eval.baselines if b not in BASELINES]
     if unknown:

@@ -229,6 +229,7 @@ def test_negatives_avoid_the_window_and_are_seeded():
     ("items.identifier=title", "atomic"),
     ("train.init_adapter=null", "init_adapter"),
     ("train.negatives=0", "negatives"),
+    ("train.counterfactual_alpha=0.5", "counterfactual_alpha"),  # a cross-entropy term, which S-DPO replaces
 ])
 def test_bad_dpo_settings_are_named(toy_data_dir, override, message):
     base = [f"data.path={toy_data_dir}", "data.dataset=toy", "items.identifier=atomic", "train.loss=softmax_dpo",
