@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from genrec.data.splits import Example, Split
-from genrec.errors import DataError, TemplateError
+from genrec.errors import ConfigError, DataError, TemplateError
 from genrec.batching import prompt_inputs
 from genrec.output_head import OutputHead
 
@@ -41,6 +41,22 @@ def pointwise_examples(split: Split, max_history: int, threshold: float, time_cu
         raise DataError("pointwise training needs rated interactions (data.rating_column); none found in the "
                         "training parts")
     return out
+
+
+def build_examples(setup, examples: list[Example]) -> list[Example]:
+    """Example builder (genrec.recommender.EXAMPLE_BUILDERS), for pointwise templates ('answers'): labelled
+    candidates, a like/dislike-balanced sample of train.examples of them when set."""
+    if not setup.template.answers:
+        return examples
+    cfg = setup.cfg
+    if cfg.train.objective == "sequence":
+        raise ConfigError(f"{setup.template.source} is pointwise ('answers'): it asks about one candidate "
+                          "per prompt, which needs train.objective=target")
+    data = cfg.data
+    labelled = pointwise_examples(setup.split, data.max_history, data.like_threshold, data.time_cut_seconds,
+                                  data.train_period)
+    n = cfg.train.examples
+    return examples + (labelled if n is None else balanced_sample(labelled, n, cfg.run.seed))
 
 
 def balanced_sample(examples: list[Example], n: int, seed: int) -> list[Example]:
