@@ -57,7 +57,7 @@ from genrec.modeling import resolve_dtype  # noqa: E402
 from genrec.necessity import necessity  # noqa: E402
 from genrec.recommender import Recommender  # noqa: E402
 from genrec.runtime import make_accelerator, set_threads  # noqa: E402
-from genrec.training import atomic_write_text  # noqa: E402
+from genrec.io import atomic_write_text  # noqa: E402
 
 
 def score_row(recommender, verifier, examples, items, texts, seed, cache: dict) -> dict:

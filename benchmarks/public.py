@@ -96,7 +96,7 @@ def popularity(dataset: str, overrides: list[str], folder: Path) -> dict:
     from genrec.config import load_config
     from genrec.data import load_split
     from genrec.evaluation import baseline_metrics, evaluation_cases, period_start, protocol
-    from genrec.training import atomic_write_text
+    from genrec.io import atomic_write_text
 
     cfg = load_config(config_path(dataset, "genrec"), overrides + ["eval.baselines=[popularity]"])
     split = load_split(cfg)

@@ -87,7 +87,7 @@ def _explanations(args) -> None:
     from genrec.data.splits import sliding_windows
     from genrec.evidence import EvidenceBuilder
     from genrec.explanations import Explainer
-    from genrec.training import atomic_write_text
+    from genrec.io import atomic_write_text
 
     cfg = load_config(args.config, args.overrides)
     split = load_split(cfg)

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from genrec.errors import ConfigError, suggest
+from genrec.errors import ConfigError, DataError, suggest
 
 
 @dataclass
@@ -59,6 +59,30 @@ class DataConfig:
     time_cut: str | None = None  # a date (1998-01-01, UTC) or unix seconds splitting older from newer interactions (incremental updates)
     train_period: str = "all"  # all | before | after: train on targets before/after data.time_cut (older items stay as context)
     like_threshold: float = 3.0  # pointwise templates: an interaction rated above this is a "yes"
+
+    @property
+    def time_cut_seconds(self) -> float | None:
+        """``time_cut`` as unix seconds (None when unset), the one place it is read."""
+        return parse_time(self.time_cut)
+
+
+def parse_time(value: str | None) -> float | None:
+    """data.time_cut: unix seconds, or a date/time pandas reads (e.g. 1998-01-01, read as UTC)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    import pandas as pd  # here: reading a config should not load pandas
+
+    try:
+        stamp = pd.Timestamp(value)
+    except (ValueError, TypeError):
+        raise DataError(f"config: data.time_cut={value!r} is neither unix seconds nor a date like 1998-01-01") from None
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize("UTC")
+    return stamp.timestamp()
 
 
 @dataclass
@@ -663,9 +687,7 @@ def validate(cfg: Config) -> None:
     if (cfg.data.train_period != "all" or cfg.eval.period != "all") and cfg.data.time_cut is None:
         raise ConfigError("config: data.train_period / eval.period split interactions at data.time_cut; set it "
                           "(a date like 1998-01-01 or unix seconds)")
-    from genrec.data.splits import parse_time  # here: genrec.data imports this module
-
-    parse_time(cfg.data.time_cut)  # a DataError naming data.time_cut when it is neither a date nor a number
+    cfg.data.time_cut_seconds  # a DataError naming data.time_cut when it is neither a date nor a number
     if cfg.train.ensemble > 1 and cfg.items.identifier != "atomic":
         raise ConfigError(f"config: train.ensemble={cfg.train.ensemble} averages each item's log-probability over "
                           "the members, which needs one token per item: use items.identifier=atomic")
@@ -676,6 +698,9 @@ def validate(cfg: Config) -> None:
         if not cfg.train.init_adapter:
             raise ConfigError("config: train.loss=softmax_dpo measures the policy against a frozen reference: set "
                               "train.init_adapter to the SFT adapter folder (e.g. runs/sft/adapter)")
+        if cfg.train.counterfactual_alpha:
+            raise ConfigError("config: train.counterfactual_alpha adds a term to the cross-entropy, which "
+                              "train.loss=softmax_dpo replaces; set one of them")
     _validate_sasrec(cfg.sasrec)
     unknown = [b for b in cfg.eval.baselines if b not in BASELINES]
     if unknown:

@@ -24,7 +24,8 @@ from genrec.data.splits import Example
 from genrec.decoding import item_token_logprobs
 from genrec.encoding import IGNORE_INDEX
 from genrec.items import ItemIndex
-from genrec.training import collate
+from genrec.loss import LabelLogits, LossTerm, cross_entropy
+from genrec.batching import collate
 
 
 class NullHistory:
@@ -53,6 +54,22 @@ class NullHistory:
             twins.append({"input_ids": prompt + r["input_ids"][start:],
                           "labels": [IGNORE_INDEX] * len(prompt) + r["labels"][start:]})
         return collate(twins, pad_id)
+
+
+class CounterfactualLoss(LossTerm):
+    """train.counterfactual_alpha, added to the cross-entropy: ``alpha * CE(logits - null logits)``, the null
+    logits from the batch's null-history twin (its own forward pass, which keeps its gradient). Weighted
+    like the cross-entropy when the batch carries loss weights; no popularity prior (it would cancel)."""
+
+    def __init__(self, alpha: float, null_history: NullHistory):
+        self.alpha, self.null_history = alpha, null_history
+
+    def batch_inputs(self, rows: list[dict], pad_id: int) -> dict:
+        return {"null_history": self.null_history.batch(rows, pad_id)}
+
+    def __call__(self, scores: LabelLogits, batch: dict) -> torch.Tensor:
+        null_logits = scores.rescore(batch["null_history"])
+        return self.alpha * cross_entropy(scores.logits - null_logits, scores.targets, scores.weights)
 
 
 def null_node_prior(model, index: ItemIndex, prompt: list[int], batch_size: int = 64) -> torch.Tensor:

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import torch
 
+from genrec.batching import prompt_inputs
 from genrec.items import ItemIndex
 from genrec.packed import PackedTree, supports_packing
-from genrec.output_head import FP32Head, plain_head
+from genrec.output_head import OutputHead
 from genrec.shared_prefix import PrefixState, shared_prefix_attention, supports
 
 NEG_INF = float("-inf")
@@ -37,24 +38,20 @@ class NextTokenLogProbs:
     """Runs the model and returns fp32 next-token log-probabilities at positions ``keep`` (default: the last).
 
     Where the architecture allows it the body is run on its own and its last hidden state goes
-    through an fp32 copy of the output layer (``genrec.output_head.FP32Head``, made once per instance:
-    keep one per model for a whole evaluation); otherwise the model's own logits are used.
+    through an fp32 copy of the output layer (``genrec.output_head.OutputHead``, whose fp32 copy is made
+    once per instance: keep one per model for a whole evaluation); otherwise the model's own logits are used.
     """
 
     def __init__(self, model):
         self.model = model
-        self.body = model.get_decoder() if plain_head(model) else None
-        self.head = FP32Head(model) if self.body is not None else None
+        self.head = OutputHead(model)
 
     def __call__(self, keep: int | slice = -1, cache=None, **inputs):
         """(log-probs [rows, vocab] or [rows, positions, vocab], the KV cache or None)."""
         if cache is not None:
             inputs[CACHE_ARGUMENT] = cache
-        if self.body is None:
-            out = self.model(**inputs, logits_to_keep=1 if keep == -1 else 0)
-            return torch.log_softmax(out.logits[:, keep].float(), dim=-1), _cache_of(out)
-        out = self.body(**inputs)
-        return torch.log_softmax(self.head(out.last_hidden_state[:, keep]), dim=-1), _cache_of(out)
+        states, out = self.head.states(inputs, keep)
+        return torch.log_softmax(self.head.fp32_logits(states), dim=-1), _cache_of(out)
 
 
 def _cache_argument() -> str:
@@ -110,16 +107,6 @@ def _prior_never_rises(ptr: torch.Tensor, edge_child: torch.Tensor, prior: torch
     return bool((prior[edge_child] <= prior[parent] + 1e-6).all())
 
 
-def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
-        mask[row, width - len(p):] = 1
-    return ids.to(device), mask.to(device)
-
-
 @torch.no_grad()
 def constrained_topk(
     model,
@@ -161,10 +148,10 @@ def constrained_topk(
     # exact early stopping needs scores that never rise along a path: a prior that only falls keeps that
     monotone = prior is None or _prior_never_rises(ptr, edge_child, prior)
 
-    ids, mask = left_pad(prompts, pad_id, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    inputs = prompt_inputs(prompts, pad_id, device)
+    ids, mask, positions = inputs["input_ids"], inputs["attention_mask"], inputs["position_ids"]
     next_logp = next_logp or NextTokenLogProbs(model)
-    logp, cache = next_logp(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    logp, cache = next_logp(**inputs, use_cache=True)
     if shared_prefix is None:
         shared_prefix = supports(model, ids.shape[1] + index.max_depth)
     state = PrefixState(cache, mask, num_beams) if shared_prefix else None
@@ -243,7 +230,8 @@ def greedy_lines(model, prompts: list[list[int]], stop_tokens: torch.Tensor, max
     """Free greedy continuation of each prompt up to and including its first stop token (a newline), at most
     ``max_new_tokens``; a line that hits the limit is returned as is (the caller ends it)."""
     device = next(model.parameters()).device
-    ids, mask = left_pad(prompts, pad_id, device)
+    inputs = prompt_inputs(prompts, pad_id, device)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]  # generate counts the positions itself
     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                          num_beams=1, eos_token_id=stop_tokens.tolist(), pad_token_id=pad_id)
     stops = set(stop_tokens.tolist())
@@ -336,13 +324,9 @@ def score_branches(model, prompt: list[int], branches: list[tuple[list[int], lis
     targets = torch.tensor([tok for _, lines in branches for line in lines for tok in line], dtype=torch.long,
                            device=device)
     inputs = tree.inputs(model, device)
-    if next_logp.body is not None:
-        hidden = next_logp.body(**inputs).last_hidden_state[0, where]
-        logp = torch.cat([torch.log_softmax(next_logp.head(hidden[i: i + chunk]), -1)
-                          .gather(-1, targets[i: i + chunk, None]).squeeze(-1) for i in range(0, len(reads), chunk)])
-    else:
-        logits = model(**inputs).logits[0, where].float()
-        logp = torch.log_softmax(logits, -1).gather(-1, targets[:, None]).squeeze(-1)
+    states = next_logp.head.states(inputs, where)[0][0]  # chunked: [reads, vocab] fp32 at once can be large
+    logp = torch.cat([torch.log_softmax(next_logp.head.fp32_logits(states[i: i + chunk]), -1)
+                      .gather(-1, targets[i: i + chunk, None]).squeeze(-1) for i in range(0, len(reads), chunk)])
     totals = [[0.0] * len(lines) for _, lines in branches]
     for value, (_, b, line_no) in zip(logp.tolist(), reads):
         totals[b][line_no] += value
@@ -366,9 +350,7 @@ def next_token_log_probs_sharing_prefixes(next_logp: NextTokenLogProbs, prompts:
         last.append(tree.add(prompt[shared:], trunk, shared).index(-1))
     inputs = tree.inputs(model, device)
     where = torch.tensor(last, dtype=torch.long, device=device)
-    if next_logp.body is not None:
-        return torch.log_softmax(next_logp.head(next_logp.body(**inputs).last_hidden_state[0, where]), -1)
-    return torch.log_softmax(model(**inputs).logits[0, where].float(), -1)
+    return torch.log_softmax(next_logp.head.fp32_logits(next_logp.head.states(inputs, where)[0][0]), -1)
 
 
 def score_items(model, prompt: list[int], index: ItemIndex, items: list[int] | None = None,

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 from pathlib import Path
 
 import datasets
@@ -19,6 +18,7 @@ import torch
 
 from genrec.data.splits import Example
 from genrec.errors import ConfigError, TemplateError
+from genrec.io import atomic_folder
 from genrec.items import ItemIndex
 from genrec.prompts import PromptFormatter
 
@@ -228,11 +228,6 @@ def tokenized_dataset(encoder: Encoder, examples: list[Example], cache_dir: str 
     encoded = raw.map(encode_batch, batched=True, batch_size=512, num_proc=num_proc, desc="tokenizing",
                       remove_columns=["history"], load_from_cache_file=False)
     encoded = encoded.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, batched=True, load_from_cache_file=False)
-    tmp = folder.with_name(folder.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    encoded.save_to_disk(str(tmp))
-    try:
-        tmp.rename(folder)
-    except OSError:  # another process finished the same cache first
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(folder, shared=True) as tmp:  # another process may finish the same cache first
+        encoded.save_to_disk(str(tmp))
     return datasets.load_from_disk(str(folder))

@@ -25,12 +25,14 @@ from pathlib import Path
 import torch
 
 from genrec.config import Config
-from genrec.decoding import NextTokenLogProbs, left_pad, next_token_log_probs_sharing_prefixes
+from genrec.batching import prompt_inputs
+from genrec.decoding import NextTokenLogProbs, next_token_log_probs_sharing_prefixes
 from genrec.packed import supports_packing
 from genrec.errors import CheckpointError
 from genrec.evaluation import top_k_unseen
 from genrec.items import ItemIndex
-from genrec.training import STATE_DIR, atomic_write_text
+from genrec.checkpoint import STATE_DIR
+from genrec.io import atomic_folder, atomic_write_text
 
 MANIFEST = "ensemble.json"
 MEMBERS_DIR = "members"
@@ -65,12 +67,8 @@ def assemble(output_dir: str | Path, members: int, seed: int) -> Path:
         if not (src / "adapter_config.json").is_file():
             raise CheckpointError(f"ensemble member {k}: no finished adapter at {src}; train it first "
                                   "(recipes/finetune.py with run.resume=true continues where it stopped)")
-        dst = adapter / MEMBERS_DIR / str(k)
-        tmp = dst.with_name(dst.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(STATE_DIR))  # the optimizer state is for resuming
-        shutil.rmtree(dst, ignore_errors=True)
-        tmp.rename(dst)
+        with atomic_folder(adapter / MEMBERS_DIR / str(k)) as tmp:
+            shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(STATE_DIR))  # the optimizer state is for resuming
     manifest = {"members": [f"{MEMBERS_DIR}/{k}" for k in range(1, members)],
                 "seeds": [member_seed(seed, k) for k in range(members)],
                 "scoring": "mean over members of log p(item | prompt)"}
@@ -117,10 +115,8 @@ def item_log_probs(next_logp: NextTokenLogProbs, prompts: list[list[int]], index
     if shared_prefix and supports_packing(next_logp.model):
         logp = next_token_log_probs_sharing_prefixes(next_logp, prompts)
         return logp[:, index.on(logp.device).first_token]
-    ids, mask = left_pad(prompts, pad_id, device)
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     tokens = index.on(device).first_token
-    logp, _ = next_logp(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
+    logp, _ = next_logp(**prompt_inputs(prompts, pad_id, device), use_cache=False)
     return logp[:, tokens.to(logp.device)]
 
 

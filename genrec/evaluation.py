@@ -16,7 +16,7 @@ import random
 from genrec.baselines import most_popular
 from genrec.bias_metrics import bias_metrics
 from genrec.config import Config
-from genrec.data.splits import Case, Split, parse_time
+from genrec.data.splits import Case, Split
 from genrec.errors import DataError
 from genrec.metrics import ranking_metrics
 
@@ -51,7 +51,7 @@ def as_cases(split: Split, entries: list, split_name: str) -> list[Case]:
 
 def period_start(cfg: Config) -> float | None:
     """eval.period=after: the data.time_cut evaluated users' interactions must reach; None = every user."""
-    return parse_time(cfg.data.time_cut) if cfg.eval.period == "after" else None
+    return cfg.data.time_cut_seconds if cfg.eval.period == "after" else None
 
 
 def shard_batches(lengths: list[int], batch_size: int, rank: int, world: int) -> list[list[int]]:

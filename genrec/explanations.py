@@ -20,8 +20,10 @@ in clauses that do not, the convention genrec.explain_verify parses claims by.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from genrec.data.splits import Example
+from genrec.errors import ConfigError
 from genrec.evidence import Evidence, EvidenceBuilder, stable_hash
 
 BANKS: dict[str, tuple[str, ...]] = {
@@ -149,3 +151,20 @@ class Explainer:
         slots = with_articles({"genre": ev.item_genres[0], "year": ev.item_year, "decade": ev.item_decade})
         form = BANKS["plain"][stable_hash(str(ev.item)) % len(BANKS["plain"])]
         return Explanation("plain", form.format(**slots), ev.feature)
+
+
+def build_examples(setup, examples: list[Example]) -> list[Example]:
+    """Example builder (genrec.recommender.EXAMPLE_BUILDERS), for templates that write an explanation: each
+    example with the reference explanation of its target (``setup.explainer``); pairs no explanation family
+    covers are dropped (their item has neither genres nor a year)."""
+    if not setup.template.has_explanation:
+        return examples
+    if setup.cfg.train.objective == "sequence":
+        raise ConfigError(f"{setup.template.source} writes an explanation beside the item, which needs "
+                          "train.objective=target (one line per prompt)")
+    out = []
+    for ex in examples:
+        ref = setup.explainer.oracle(setup.explainer.evidence.build(ex.user_id, ex.history, ex.target))
+        if ref is not None:
+            out.append(replace(ex, explanation=ref.text))
+    return out

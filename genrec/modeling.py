@@ -13,7 +13,6 @@ import hashlib
 import importlib.util
 import logging
 import os
-import shutil
 import warnings
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 
 from genrec.config import AdapterConfig, ModelConfig
 from genrec.errors import CheckpointError, ConfigError
+from genrec.io import atomic_folder
 
 log = logging.getLogger("genrec")
 
@@ -56,18 +56,13 @@ def convert_gguf(gguf: Path, cache: Path) -> Path:
     if (target / "config.json").is_file():
         return target
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
     )
-    model.save_pretrained(str(tmp), safe_serialization=True)
-    tokenizer.save_pretrained(str(tmp))
-    try:
-        tmp.rename(target)
-    except OSError:  # a concurrent process converted it first
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_folder(target, shared=True) as tmp:  # a concurrent process may convert it too
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
     return target
 
 
@@ -247,7 +242,7 @@ def attach_adapter(model, cfg: AdapterConfig, trainable_tokens: list[int] | None
 
 def _with_cast_flags(model):
     """peft 0.21's TrainableTokensLayer lacks the ``cast_input_dtype_enabled`` flag that
-    ``peft.helpers.disable_input_dtype_casting`` (used by training.training_loss) toggles on every
+    ``peft.helpers.disable_input_dtype_casting`` (used by loss.training_loss) toggles on every
     adapter layer; give it the default once here instead of on every step."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 

@@ -18,6 +18,27 @@ import random
 
 from genrec.data.splits import Example, Split
 from genrec.encoding import IGNORE_INDEX
+from genrec.errors import ConfigError
+
+
+def build_examples(setup, examples: list[Example]) -> list[Example]:
+    """Example builder (genrec.recommender.EXAMPLE_BUILDERS): the self-supervised examples mixed into
+    training (train.mix_*), after the next-item ones."""
+    train, data, template, split = setup.cfg.train, setup.cfg.data, setup.template, setup.split
+    for task, mix in (("masked_item", train.mix_masked_item), ("item_from_text", train.mix_item_from_text)):
+        if mix and task not in template.tasks:
+            raise ConfigError(f"train.mix_{task}={mix} but {template.source} has no 'tasks: {task}:' prompt; "
+                              "add one (see prompts/next_item_atomic_multitask.yaml) or set it to 0")
+    out = []
+    if train.mix_masked_item:
+        targets = {u: split.period_targets(u, data.time_cut_seconds, data.train_period) for u in split.sequences}
+        out += masked_item_examples(split, train.mix_masked_item, train.mask_window, setup.cfg.run.seed, targets)
+    if train.mix_item_from_text:
+        out += item_from_text_examples(split, train.mix_item_from_text, setup.cfg.run.seed)
+    if out and (template.has_rationale or template.has_explanation or template.answers):
+        raise ConfigError(f"train.mix_* tasks complete with the item alone; {template.source} writes a "
+                          "rationale, an explanation or a yes/no answer")
+    return examples + out
 
 
 def masked_item_examples(split: Split, per_interaction: float, window: int, seed: int,

@@ -1,12 +1,15 @@
 """The output layer as genrec reads it: item rows for the item softmax, fp32 log-probabilities for decoding.
 
 Where an architecture's logits are exactly ``output_layer(last hidden state)`` (``plain_head``), genrec
-runs the model body on its own and applies the output layer itself, for two reasons:
+runs the model body on its own and applies the output layer itself (``OutputHead``, the one place that
+decides), for three reasons:
 
 - training with an item softmax multiplies only the candidates' rows (``output_rows``), not the whole
   vocabulary (for SmolLM2-135M the full output layer is ~21% of the forward FLOPs);
 - decoding computes the logits in fp32 even when the body runs in bf16 (``FP32Head``): a bf16 logit
-  of magnitude 20 sits on a 0.125 grid, and summed over a title's tokens that noise reorders items.
+  of magnitude 20 sits on a 0.125 grid, and summed over a title's tokens that noise reorders items;
+- a yes/no answer's score is one fp32 dot product with the difference of the two rows, not the difference
+  of two bf16 logits (whose ~0.1 resolution at typical magnitudes ties many scores).
 
 Both read peft's trained item-token rows (``trainable_token_indices``) of the *active* adapter, in the
 input embedding and, when it is not tied to it, in the output layer, so they work on a merged model,
@@ -94,3 +97,50 @@ class FP32Head:
                 index, delta = trained
                 logits[..., index] = F.linear(hidden, delta.detach().float())
         return logits
+
+
+class OutputHead:
+    """Logits as genrec reads them, with one rule for where it applies the output layer itself: when
+    ``plain_head(model)`` the body runs alone and genrec multiplies its last hidden state by the rows it
+    needs; otherwise the model's own logits are read. ``states`` runs the forward pass and picks the
+    positions; the other methods turn those states into what a caller needs."""
+
+    def __init__(self, model):
+        self.model = model
+        self.body = model.get_decoder() if plain_head(model) else None
+        self._fp32 = None  # FP32Head, made on first use (then kept: one per model for a whole evaluation)
+
+    def states(self, inputs: dict, at):
+        """(states at positions ``at``, the forward pass's output, e.g. for its KV cache): the body's last
+        hidden states, or the model's logits where the output layer is not genrec's. ``at``: a boolean
+        [batch, sequence] mask (states [positions, ...]) or an index of the sequence dimension (-1, a slice,
+        a tensor of positions; states [batch, ...])."""
+        mask = isinstance(at, torch.Tensor) and at.dtype == torch.bool
+        if self.body is not None:
+            out = self.body(**inputs)
+            return (out.last_hidden_state[at] if mask else out.last_hidden_state[:, at]), out
+        out = self.model(**inputs, logits_to_keep=at if mask else 1 if isinstance(at, int) and at == -1 else 0)
+        return (out.logits.reshape(-1, out.logits.shape[-1]) if mask else out.logits[:, at]), out
+
+    def fp32_logits(self, states: torch.Tensor) -> torch.Tensor:
+        """[..., vocab] fp32 logits (decoding)."""
+        if self.body is None:
+            return states.float()
+        if self._fp32 is None:
+            self._fp32 = FP32Head(self.model)
+        return self._fp32(states)
+
+    def token_logits(self, states: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """[..., len(tokens)] logits of these token ids in the compute dtype, differentiable with respect to the
+        adapter's trained rows (training's item softmax): only these tokens' output rows are multiplied."""
+        if self.body is None:
+            return states[..., tokens]
+        return states @ output_rows(self.model, tokens).T
+
+    def logit_margin(self, states: torch.Tensor, first: int, second: int) -> torch.Tensor:
+        """[...] fp32 logit of token ``first`` minus that of ``second`` (a yes/no answer's score)."""
+        if self.body is None:
+            logits = states.float()
+            return logits[..., first] - logits[..., second]
+        rows = output_rows(self.model, torch.tensor([first, second], device=states.device)).detach().float()
+        return states.float() @ (rows[0] - rows[1])

@@ -15,9 +15,9 @@ import pandas as pd
 import torch
 
 from genrec.data.splits import Example, Split
-from genrec.errors import DataError, TemplateError
-from genrec.decoding import left_pad
-from genrec.output_head import output_rows, plain_head
+from genrec.errors import ConfigError, DataError, TemplateError
+from genrec.batching import prompt_inputs
+from genrec.output_head import OutputHead
 
 
 def liked(split: Split, user: str, item: int, threshold: float) -> bool | None:
@@ -41,6 +41,22 @@ def pointwise_examples(split: Split, max_history: int, threshold: float, time_cu
         raise DataError("pointwise training needs rated interactions (data.rating_column); none found in the "
                         "training parts")
     return out
+
+
+def build_examples(setup, examples: list[Example]) -> list[Example]:
+    """Example builder (genrec.recommender.EXAMPLE_BUILDERS), for pointwise templates ('answers'): labelled
+    candidates, a like/dislike-balanced sample of train.examples of them when set."""
+    if not setup.template.answers:
+        return examples
+    cfg = setup.cfg
+    if cfg.train.objective == "sequence":
+        raise ConfigError(f"{setup.template.source} is pointwise ('answers'): it asks about one candidate "
+                          "per prompt, which needs train.objective=target")
+    data = cfg.data
+    labelled = pointwise_examples(setup.split, data.max_history, data.like_threshold, data.time_cut_seconds,
+                                  data.train_period)
+    n = cfg.train.examples
+    return examples + (labelled if n is None else balanced_sample(labelled, n, cfg.run.seed))
 
 
 def balanced_sample(examples: list[Example], n: int, seed: int) -> list[Example]:
@@ -85,23 +101,13 @@ def preference_scores(model, prompts: list[list[int]], yes_id: int, no_id: int, 
     plain output layer it is computed in fp32 from the last hidden state and the two output rows, not
     read off bf16 logits (whose ~0.1 resolution at typical magnitudes ties many scores)."""
     device = next(model.parameters()).device
-    direction = None
-    if plain_head(model):
-        yes, no = output_rows(model, torch.tensor([yes_id, no_id], device=device)).detach().float()
-        direction = yes - no
+    head = OutputHead(model)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     scores = [0.0] * len(prompts)
     for lo in range(0, len(order), batch_size):
         rows = order[lo: lo + batch_size]
-        ids, mask = left_pad([prompts[i] for i in rows], pad_id, device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": positions, "use_cache": False}
-        if direction is not None:
-            hidden = model.get_decoder()(**inputs).last_hidden_state[:, -1].float()
-            margin = hidden @ direction.to(hidden.device)
-        else:
-            logits = model(**inputs, logits_to_keep=1).logits[:, -1].float()
-            margin = logits[:, yes_id] - logits[:, no_id]
+        inputs = {**prompt_inputs([prompts[i] for i in rows], pad_id, device), "use_cache": False}
+        margin = head.logit_margin(head.states(inputs, -1)[0], yes_id, no_id)
         for i, value in zip(rows, margin.tolist()):
             scores[i] = value
     return scores

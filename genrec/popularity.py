@@ -20,8 +20,10 @@ Counts are smoothed by +1 so an item never seen in training has a finite log and
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from genrec.encoding import IGNORE_INDEX
+from genrec.loss import LabelLogits, LossTerm, cross_entropy
 
 
 def smoothed(popularity: np.ndarray) -> np.ndarray:
@@ -42,10 +44,20 @@ def inverse_popularity_weights(popularity: np.ndarray, power: float = 1.0, clip:
 def candidate_prior(popularity: np.ndarray, item_tokens: list[int], candidates, strength: float):
     """``strength * log(count + 1)`` of each candidate token's item, in ``candidates``' order (the
     columns of the item softmax): the popularity term added to the logits while training."""
-    import torch
-
     log_pop = dict(zip(item_tokens, np.log(smoothed(popularity))))
     return torch.tensor([strength * log_pop[int(tok)] for tok in candidates], dtype=torch.float32)
+
+
+class PopularityPriorLoss(LossTerm):
+    """train.popularity_prior, in place of the plain cross-entropy: the cross-entropy of ``logit + prior``
+    (``candidate_prior``, one value per item-softmax column), so that the fixed term explains popularity.
+    Weighted like the plain one when the batch carries loss weights."""
+
+    def __init__(self, prior: torch.Tensor):
+        self.prior = prior
+
+    def __call__(self, scores: LabelLogits, batch: dict) -> torch.Tensor:
+        return cross_entropy(scores.logits + self.prior.to(scores.logits.device), scores.targets, scores.weights)
 
 
 class TargetWeights:

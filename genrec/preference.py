@@ -20,7 +20,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from genrec.batching import collate, to_device
 from genrec.encoding import IGNORE_INDEX
+from genrec.loss import LabelLogits, LossTerm, label_logits
 
 
 def sample_negatives(sequence: list[int], positives: int, n: int, num_items: int, seed: int, row: int) -> torch.Tensor:
@@ -44,8 +46,9 @@ def softmax_dpo_loss(logits: torch.Tensor, targets: torch.Tensor, negatives: tor
     return -F.logsigmoid(-torch.logsumexp(margins, dim=1)).mean()
 
 
-class SoftmaxDPO:
-    """Per-row negatives and reference log-probabilities of a training set, and the loss over them."""
+class SoftmaxDPO(LossTerm):
+    """train.loss=softmax_dpo, in place of the cross-entropy: per-row negatives and reference
+    log-probabilities of a training set, and the loss over them (rows carry their dataset ``row``)."""
 
     def __init__(self, beta: float, ce_weight: float, negatives: int, seed: int):
         self.beta, self.ce_weight, self.n, self.seed = beta, ce_weight, negatives, seed
@@ -54,11 +57,9 @@ class SoftmaxDPO:
 
     @torch.no_grad()
     def prepare(self, model, data, candidates: torch.Tensor, item_of_token: dict[int, int], rows: list[int],
-                collate, pad_id: int, autocast, batch_size: int, progress: bool = True, device=None) -> None:
+                pad_id: int, autocast, batch_size: int, progress: bool = True, device=None) -> None:
         """Sample negatives for ``rows`` and score them with ``model`` (the reference weights, eval mode) on
         ``device`` (default: the CPU); the results are kept on the CPU and travel with each batch."""
-        from genrec.training import label_logits, to_device
-
         device = device or torch.device("cpu")
         candidates = candidates.to(device)
         token_of_item = {item: tok for tok, item in item_of_token.items()}
@@ -88,10 +89,12 @@ class SoftmaxDPO:
                 start = end
         model.train(was_training)
 
-    def attach(self, row: int) -> dict:
-        """What a training row carries into ``collate``."""
-        return {"negatives": self.negatives[row], "reference": self.reference[row]}
+    def batch_inputs(self, rows: list[dict], pad_id: int) -> dict:
+        """The rows' negatives and reference log-probabilities, per target in label order."""
+        return {"negatives": torch.cat([self.negatives[r["row"]] for r in rows]),
+                "reference": torch.cat([self.reference[r["row"]] for r in rows])}
 
-    def loss(self, logits: torch.Tensor, targets: torch.Tensor, batch: dict) -> torch.Tensor:
+    def __call__(self, scores: LabelLogits, batch: dict) -> torch.Tensor:
+        logits, targets = scores.logits, scores.targets
         loss = softmax_dpo_loss(logits, targets, batch["negatives"], batch["reference"], self.beta)
         return loss + self.ce_weight * F.cross_entropy(logits, targets) if self.ce_weight else loss

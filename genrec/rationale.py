@@ -19,7 +19,19 @@ from dataclasses import replace
 
 from genrec.data.catalog import Catalog
 from genrec.data.splits import Example, Split
+from genrec.errors import ConfigError
 from genrec.item_facts import ItemFacts
+
+
+def build_examples(setup, examples: list[Example]) -> list[Example]:
+    """Example builder (genrec.recommender.EXAMPLE_BUILDERS), for templates that write a rationale: each
+    example with the rationale of its history."""
+    if not setup.template.has_rationale:
+        return examples
+    if setup.cfg.train.objective == "sequence":
+        raise ConfigError(f"{setup.template.source} writes a rationale beside the item, which needs "
+                          "train.objective=target (one line per prompt)")
+    return RationaleBuilder(setup.split, setup.cfg.reason).attach(examples)
 
 
 class RationaleBuilder:

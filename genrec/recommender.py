@@ -11,35 +11,34 @@ from __future__ import annotations
 import functools
 import random
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from genrec import explanations, multitask, pointwise, rationale
 from genrec.bias_metrics import propensity_weights
 from genrec.config import Config
 from genrec.data import Split, load_split
 from genrec.counterfactual import null_node_prior
-from genrec.data.splits import Example, parse_time, training_examples
+from genrec.data.splits import Example, training_examples
 from genrec.decoding import NextTokenLogProbs, constrained_topk, greedy_lines
 from genrec.encoding import Encoder
 from genrec.ensemble import ensemble_topk, mean_item_log_probs, member_adapter, member_folders
-from genrec.errors import CheckpointError, ConfigError
+from genrec.errors import CheckpointError
 from genrec.evidence import EvidenceBuilder
 from genrec.explaining import explain
 from genrec.explanations import Explainer
 from genrec.item_tokens import add_item_tokens, atomic_names, grow_embeddings
 from genrec.items import ItemIndex
 from genrec.modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
-from genrec.multitask import item_from_text_examples, masked_item_examples
-from genrec.pointwise import balanced_sample, pointwise_examples
 from genrec.popularity import smoothed
 from genrec.prompts import PromptFormatter, PromptTemplate
 from genrec.rationale import RationaleBuilder
 from genrec.semantic_ids import CODES_FILE, SemanticCodes, codes_for_run, llm_embeddings
-from genrec.training import TEMPLATE_FILE, read_info
+from genrec.checkpoint import TEMPLATE_FILE, read_info
 
 @dataclass
 class Setup:
@@ -56,63 +55,15 @@ class Setup:
     codes: SemanticCodes | None = None  # semantic: every item's codes (saved with each checkpoint)
 
     def training_examples(self) -> list[Example]:
-        """The run's training set (train.objective; pointwise templates: labelled candidates), with rationales
-        or explanations when the template writes one; a seeded sample of train.examples of it when set."""
-        n, seed = self.cfg.train.examples, self.cfg.run.seed
-        if self.template.answers:
-            if self.cfg.train.objective == "sequence":
-                raise ConfigError(f"{self.template.source} is pointwise ('answers'): it asks about one candidate "
-                                  "per prompt, which needs train.objective=target")
-            data = self.cfg.data
-            examples = pointwise_examples(self.split, data.max_history, data.like_threshold, parse_time(data.time_cut),
-                                          data.train_period)
-            return examples if n is None else balanced_sample(examples, n, seed)
-        examples = training_examples(self.split, self.cfg.data, self.cfg.train.objective)
-        if n is not None and n < len(examples):
-            position = {id(ex): i for i, ex in enumerate(examples)}
-            examples = sorted(random.Random(seed).sample(examples, n), key=lambda ex: position[id(ex)])
-        examples += self.task_examples()
-        if not (self.template.has_rationale or self.template.has_explanation):
-            return examples
-        if self.cfg.train.objective == "sequence":
-            raise ConfigError(f"{self.template.source} writes a line beside the item (rationale or explanation), "
-                              "which needs train.objective=target (one line per prompt)")
-        if self.template.has_explanation:
-            return self.with_explanations(examples)
-        return RationaleBuilder(self.split, self.cfg.reason).attach(examples)
-
-    def task_examples(self) -> list[Example]:
-        """Self-supervised examples mixed into training (train.mix_*; genrec.multitask)."""
-        train, data = self.cfg.train, self.cfg.data
-        for task, mix in (("masked_item", train.mix_masked_item), ("item_from_text", train.mix_item_from_text)):
-            if mix and task not in self.template.tasks:
-                raise ConfigError(f"train.mix_{task}={mix} but {self.template.source} has no 'tasks: {task}:' prompt; "
-                                  "add one (see prompts/next_item_atomic_multitask.yaml) or set it to 0")
-        out = []
-        if train.mix_masked_item:
-            cut = parse_time(data.time_cut)
-            targets = {u: self.split.period_targets(u, cut, data.train_period) for u in self.split.sequences}
-            out += masked_item_examples(self.split, train.mix_masked_item, train.mask_window, self.cfg.run.seed, targets)
-        if train.mix_item_from_text:
-            out += item_from_text_examples(self.split, train.mix_item_from_text, self.cfg.run.seed)
-        if out and (self.template.has_rationale or self.template.has_explanation or self.template.answers):
-            raise ConfigError(f"train.mix_* tasks complete with the item alone; {self.template.source} writes a "
-                              "rationale, an explanation or a yes/no answer")
-        return out
+        """The run's training set: every example builder in turn (``EXAMPLE_BUILDERS``), starting from none."""
+        examples: list[Example] = []
+        for build in EXAMPLE_BUILDERS:
+            examples = build(self, examples)
+        return examples
 
     @functools.cached_property
     def explainer(self) -> Explainer:
         return Explainer(EvidenceBuilder(self.split, self.cfg.explain))
-
-    def with_explanations(self, examples: list[Example]) -> list[Example]:
-        """Each example with the reference explanation of its target; pairs no explanation family covers are
-        dropped (their item has neither genres nor a year)."""
-        out = []
-        for ex in examples:
-            ref = self.explainer.oracle(self.explainer.evidence.build(ex.user_id, ex.history, ex.target))
-            if ref is not None:
-                out.append(replace(ex, explanation=ref.text))
-        return out
 
     def with_rationales(self, examples: list[Example]) -> list[Example]:
         """Reference rationales for evaluation examples (what the model would be taught to write for them)."""
@@ -133,6 +84,26 @@ class Setup:
         return {CODES_FILE: self.codes.to_json()} if self.codes is not None else {}
 
 
+def next_item_examples(setup: Setup, examples: list[Example]) -> list[Example]:
+    """Example builder of the core, for templates that complete with the item: next-item windows
+    (train.objective), a seeded sample of train.examples of them (kept in their order) when set."""
+    if setup.template.answers:
+        return examples
+    cfg = setup.cfg
+    windows = training_examples(setup.split, cfg.data, cfg.train.objective)
+    n = cfg.train.examples
+    if n is not None and n < len(windows):
+        position = {id(ex): i for i, ex in enumerate(windows)}
+        windows = sorted(random.Random(cfg.run.seed).sample(windows, n), key=lambda ex: position[id(ex)])
+    return examples + windows
+
+
+# Extension point: the training set is built by these, in order. Each takes the setup and the examples so far
+# and returns them (extended, annotated or unchanged when its variant is off), checking its own settings.
+EXAMPLE_BUILDERS = (pointwise.build_examples, next_item_examples, multitask.build_examples,
+                    rationale.build_examples, explanations.build_examples)
+
+
 def prepare(cfg: Config, template: PromptTemplate | None = None, checkpoint: Path | None = None) -> Setup:
     """Everything but the weights. ``checkpoint``: the adapter folder whose item codes to reuse (semantic ids)."""
     split = load_split(cfg)
@@ -145,7 +116,7 @@ def prepare(cfg: Config, template: PromptTemplate | None = None, checkpoint: Pat
             return llm_embeddings(load_base_model(cfg.model, model_path), tokenizer, texts)
 
         codes = codes_for_run(split, cfg, checkpoint, embed_with_llm)
-        split.catalog.assign_semantic(codes.strings())
+        split.catalog = split.catalog.with_semantic(codes.strings())
         names = codes.vocabulary()
         by_name = codes.members()
         item_tokens, members = add_item_tokens(tokenizer, names), [by_name[n] for n in names]

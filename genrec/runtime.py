@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
 import sys
 import warnings
 
@@ -28,6 +29,12 @@ def set_threads() -> None:
     n = os.environ.get("OMP_NUM_THREADS")
     if n and n.isdigit():
         torch.set_num_threads(int(n))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def make_accelerator(dtype: torch.dtype, tf32: bool = True):

@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +41,7 @@ from genrec.data.catalog import Catalog
 from genrec.data.splits import Case, Split, sequence_windows
 from genrec.errors import CheckpointError, DataError
 from genrec.evaluation import as_cases, score_cases, top_k_unseen
+from genrec.io import atomic_path
 
 log = logging.getLogger("genrec")
 
@@ -266,14 +266,11 @@ def training_fingerprint(split: Split) -> str:
 
 
 def save(path: Path, model: SASRec, p: SASRecConfig, split: Split, seed: int, result: FitResult) -> None:
-    """Written to a temporary name, then renamed: a failed run never leaves a file that looks complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    torch.save({"format": FORMAT, "state_dict": model.state_dict(), "settings": model_settings(p),
-                "n_items": model.n_items, "catalog": catalog_fingerprint(split.catalog),
-                "training_data": training_fingerprint(split), "seed": seed, "fit": dataclasses.asdict(result)}, tmp)
-    tmp.replace(path)
+    """Written atomically (``genrec.io``): a failed run never leaves a file that looks complete."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "state_dict": model.state_dict(), "settings": model_settings(p),
+                    "n_items": model.n_items, "catalog": catalog_fingerprint(split.catalog),
+                    "training_data": training_fingerprint(split), "seed": seed, "fit": dataclasses.asdict(result)}, tmp)
 
 
 def load(path: Path, p: SASRecConfig, split: Split, seed: int) -> tuple[SASRec, FitResult]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from genrec.data.catalog import Catalog
 from genrec.data.splits import Split
 from genrec.errors import CheckpointError, ConfigError
+from genrec.io import atomic_write_text
 
 log = logging.getLogger("genrec")
 CODES_FILE = "item_codes.json"
@@ -105,11 +105,7 @@ class SemanticCodes:
             raise CheckpointError(f"{path}: not a genrec item-codes file ({e})") from None
 
     def save(self, path: Path) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        tmp.replace(path)
+        atomic_write_text(path, self.to_json())
 
 
 def kmeans(x: torch.Tensor, k: int, generator: torch.Generator, iters: int = 50) -> tuple[torch.Tensor, torch.Tensor]:

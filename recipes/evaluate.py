@@ -33,7 +33,7 @@ from genrec.pointwise import evaluation_examples, rating_baselines, roc_auc, sha
 from genrec.rationale import RationaleBuilder, rationale_metrics
 from genrec.recommender import Recommender
 from genrec.runtime import make_accelerator, run, set_threads, setup_logging
-from genrec.training import atomic_write_text
+from genrec.io import atomic_write_text
 
 log = logging.getLogger("genrec")
 

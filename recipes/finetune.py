@@ -31,23 +31,25 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from genrec import __version__
+from genrec.batching import epoch_batches, to_device
+from genrec.checkpoint import (STATE_DIR, checkpoint_dirs, load_training_state, prune_checkpoints, read_info,
+                               rng_state, write_checkpoint)
 from genrec.config import load_config, parse_cli, save_config
-from genrec.counterfactual import NullHistory
+from genrec.counterfactual import CounterfactualLoss, NullHistory
 from genrec.encoding import IGNORE_INDEX, tokenize_workers, tokenized_dataset, training_data_fingerprint
 from genrec.ensemble import assemble, member_configs
 from genrec.errors import CheckpointError, ConfigError, DataError
 from genrec.evaluation import evaluation_cases, period_start, rank_cases, score_cases
+from genrec.loss import CrossEntropy, LossTerm, TrainingObjective, training_batch
+from genrec.metrics_log import MetricsLog
 from genrec.modeling import attach_adapter, resolve_dtype
 from genrec.multitask import label_weights
 from genrec.pointwise import answer_token_ids, evaluation_examples, preference_scores, roc_auc, sharded_scores
 from genrec.preference import SoftmaxDPO
-from genrec.popularity import candidate_prior, training_weights
+from genrec.popularity import PopularityPriorLoss, candidate_prior, training_weights
 from genrec.recommender import Recommender, prepare
-from genrec.runtime import make_accelerator, model_device, run, set_threads, setup_logging
+from genrec.runtime import make_accelerator, model_device, peak_rss_mb, run, set_threads, setup_logging
 from genrec import sharding
-from genrec.training import (STATE_DIR, MetricsLog, TrainingObjective, checkpoint_dirs, collate, epoch_batches,
-                             load_training_state, peak_rss_mb, prune_checkpoints, read_info, rng_state, to_device,
-                             write_checkpoint)
 
 log = logging.getLogger("genrec")
 BEST_DIR = "best"  # train.select_best: the weights of the best validation so far
@@ -126,6 +128,23 @@ def candidate_levels(setup, candidates: torch.Tensor | None) -> torch.Tensor | N
         return None
     level = {setup.tokenizer.convert_tokens_to_ids(name): lvl for name, lvl in setup.codes.vocabulary_levels()}
     return torch.tensor([level[int(t)] for t in candidates])
+
+
+def loss_terms(cfg, setup, candidates: torch.Tensor | None, preference: SoftmaxDPO | None) -> list[LossTerm]:
+    """The run's loss as named terms (genrec.loss): S-DPO (train.loss=softmax_dpo) or the cross-entropy, the
+    latter with the popularity term in its logits (train.popularity_prior), plus the counterfactual term
+    (train.counterfactual_alpha)."""
+    if preference is not None:
+        return [preference]
+    train = cfg.train
+    if train.popularity_prior:
+        prior = candidate_prior(setup.split.train_popularity(), setup.item_tokens, candidates, train.popularity_prior)
+        terms = [PopularityPriorLoss(prior)]
+    else:
+        terms = [CrossEntropy()]
+    if train.counterfactual_alpha:
+        terms.append(CounterfactualLoss(train.counterfactual_alpha, NullHistory(setup.encoder, train.objective)))
+    return terms
 
 
 def parameter_groups(model, cfg) -> list[dict]:
@@ -241,14 +260,9 @@ def train(cfg, accelerator) -> bool:
     # train.target_weighting (None = plain mean); with atomic ids a label token names its item
     weights = training_weights(cfg, setup.split, setup.item_tokens if setup.codes is None else None)
     task_weight = cfg.train.task_weight
-    prior = (candidate_prior(setup.split.train_popularity(), setup.item_tokens, candidates, cfg.train.popularity_prior)
-             if cfg.train.popularity_prior else None)
 
     def row_weights(labels: list[int], target: int, task: str | None) -> list[float]:
         return label_weights(labels, weights.row(labels, target) if weights else None, task, task_weight)
-
-    alpha = cfg.train.counterfactual_alpha
-    null_history = NullHistory(setup.encoder, cfg.train.objective)
 
     device = model_device(accelerator)
     model = setup.load_model(for_training=True, device=device)
@@ -260,9 +274,8 @@ def train(cfg, accelerator) -> bool:
     if cfg.train.loss == "softmax_dpo":  # the reference is the starting weights: score it before any update
         preference = SoftmaxDPO(cfg.train.dpo_beta, cfg.train.ce_weight, cfg.train.negatives, cfg.run.seed)
         item_of_token = {tok: item for item, tok in enumerate(setup.item_tokens)}
-        preference.prepare(model, data, candidates, item_of_token, list(range(len(data))), collate,
-                           setup.tokenizer.pad_token_id, accelerator.autocast, cfg.train.batch_size,
-                           accelerator.is_main_process, device)
+        preference.prepare(model, data, candidates, item_of_token, list(range(len(data))), setup.tokenizer.pad_token_id,
+                           accelerator.autocast, cfg.train.batch_size, accelerator.is_main_process, device)
     if resume_from is not None:
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
@@ -272,8 +285,8 @@ def train(cfg, accelerator) -> bool:
     log.info("trainable parameters: %d (%.2f%%)", sum(p.numel() for p in trainable),
              100 * sum(p.numel() for p in trainable) / sum(p.numel() for p in model.parameters()))
     optimizer = torch.optim.AdamW(parameter_groups(model, cfg), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    objective = TrainingObjective(model, candidates, levels, prior, cfg.train.counterfactual_alpha, preference,
-                                  mixed=accelerator.mixed_precision != "no")
+    terms = loss_terms(cfg, setup, candidates, preference)
+    objective = TrainingObjective(model, terms, candidates, levels, mixed=accelerator.mixed_precision != "no")
 
     world, rank = accelerator.num_processes, accelerator.process_index
     per_rank = len(epoch_batches(lengths, cfg.train.batch_size, cfg.run.seed, 0)) // world
@@ -391,16 +404,14 @@ def train(cfg, accelerator) -> bool:
         for micro in range(cfg.train.grad_accum):
             indices = batches[within * cfg.train.grad_accum + micro]
             rows = data[indices]
-            rows = [{"input_ids": i, "labels": l, "user_id": u, **(preference.attach(row) if preference else {}),
+            rows = [{"input_ids": i, "labels": l, "user_id": u, "row": row,
                      **({"weights": row_weights(l, t, task)} if weights or task_weight != 1.0 else {})}
                     for i, l, t, u, task, row in zip(rows["input_ids"], rows["labels"], rows["target"],
                                                      rows["user_id"], rows["task"], indices)]
-            batch = to_device(collate(rows, setup.tokenizer.pad_token_id), accelerator.device)
-            null_batch = to_device(null_history.batch(rows, setup.tokenizer.pad_token_id) if alpha else None,
-                                   accelerator.device)
+            batch = to_device(training_batch(rows, setup.tokenizer.pad_token_id, terms), accelerator.device)
             last = micro == cfg.train.grad_accum - 1
             with accelerator.no_sync(objective) if not last else contextlib.nullcontext():
-                loss = objective(batch, null_batch, accelerator.autocast()) / cfg.train.grad_accum
+                loss = objective(batch, accelerator.autocast()) / cfg.train.grad_accum
                 accelerator.backward(loss)
             window_loss += loss.item()
             window_tokens += int(batch["attention_mask"].sum())

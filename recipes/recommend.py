@@ -26,7 +26,7 @@ from genrec.errors import ConfigError, DataError, suggest
 from genrec.explained import RankingExplainer, explanation_template
 from genrec.recommender import Recommender
 from genrec.runtime import run, set_threads, setup_logging
-from genrec.training import atomic_write_text
+from genrec.io import atomic_write_text
 
 
 def request(cfg, split: Split) -> Example:

@@ -29,7 +29,7 @@ from genrec.config import load_config, parse_cli
 from genrec.data import load_split
 from genrec.evaluation import baseline_metrics, evaluation_cases, period_start, protocol, rankings_jsonl, score_cases
 from genrec.runtime import run, set_threads, setup_logging
-from genrec.training import atomic_write_text
+from genrec.io import atomic_write_text
 
 log = logging.getLogger("genrec")
 

@@ -40,7 +40,8 @@ def main() -> None:
     from genrec.evaluation import rank_users
     from genrec.modeling import attach_adapter
     from genrec.recommender import Recommender, prepare
-    from genrec.training import TrainingObjective, collate
+    from genrec.batching import collate
+    from genrec.loss import TrainingObjective
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -58,8 +59,8 @@ def main() -> None:
             if "lora_B" in name:
                 p.normal_(std=0.05)  # every adapter weight gets a gradient
     candidates = torch.tensor(sorted(setup.item_tokens))
-    reference = TrainingObjective(copy.deepcopy(model), candidates)
-    sharded = TrainingObjective(model, candidates)
+    reference = TrainingObjective(copy.deepcopy(model), candidates=candidates)
+    sharded = TrainingObjective(model, candidates=candidates)
     for layer in sharded.model.base_model.model.model.layers:
         fully_shard(layer, mesh=mesh)
     fully_shard(sharded, mesh=mesh)

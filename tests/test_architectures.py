@@ -96,7 +96,8 @@ def test_item_softmax_rows_equal_the_models_own_logits(model_dirs, toy_data_dir,
     from genrec.config import AdapterConfig
     from genrec.modeling import attach_adapter
     from genrec.output_head import plain_head
-    from genrec.training import candidate_logits, collate
+    from genrec.batching import collate
+    from genrec.loss import candidate_logits
 
     setup = setup_for(model_dirs[arch], toy_data_dir, "items.identifier=atomic",
                       "prompt.template=prompts/next_item_atomic.yaml")

@@ -21,7 +21,8 @@ from genrec.errors import ConfigError, TemplateError
 from genrec.item_tokens import add_item_tokens, atomic_names, grow_embeddings
 from genrec.modeling import attach_adapter
 from genrec.recommender import prepare
-from genrec.training import collate, completion_loss
+from genrec.batching import collate
+from genrec.loss import completion_loss
 
 from helpers_recipes import load_recipe
 

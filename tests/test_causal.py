@@ -20,10 +20,11 @@ from genrec.data.splits import Example, Split
 from genrec.decoding import constrained_topk, score_items
 from genrec.encoding import IGNORE_INDEX
 from genrec.errors import ConfigError
-from genrec.popularity import (TargetWeights, candidate_prior, inverse_popularity_weights, smoothed,
-                               training_weights)
+from genrec.popularity import (PopularityPriorLoss, TargetWeights, candidate_prior, inverse_popularity_weights,
+                               smoothed, training_weights)
 from genrec.recommender import prepare
-from genrec.training import collate, completion_loss
+from genrec.batching import collate
+from genrec.loss import CrossEntropy, completion_loss, training_batch
 
 from helpers_recipes import load_recipe
 
@@ -112,9 +113,10 @@ def test_popularity_prior_is_added_to_the_item_softmax_logits(tiny_model_dir):
     with torch.no_grad():
         batch = collate(rows, pad_id=0)
         plain = completion_loss(model, batch, candidates).item()
-        adjusted = completion_loss(model, batch, candidates, prior=prior).item()
+        adjusted = completion_loss(model, batch, candidates, terms=[PopularityPriorLoss(prior)]).item()
         # a constant shift of every logit leaves a softmax alone
-        assert completion_loss(model, batch, candidates, prior=torch.full((5,), 4.0)).item() == pytest.approx(plain)
+        shifted = completion_loss(model, batch, candidates, terms=[PopularityPriorLoss(torch.full((5,), 4.0))]).item()
+        assert shifted == pytest.approx(plain)
         logits, targets = [], []
         for r in rows:
             full = model(input_ids=torch.tensor([r["input_ids"]])).logits[0, :-1][:, candidates]
@@ -421,16 +423,22 @@ def _title_rows(setup, n=4):
 
 
 def test_cft_loss_equals_sft_loss_at_alpha_zero_and_adds_the_counterfactual_term(tiny):
-    from genrec.counterfactual import NullHistory
+    from genrec.counterfactual import CounterfactualLoss, NullHistory
 
     setup, model = tiny
     rows = _title_rows(setup)
     pad = setup.tokenizer.pad_token_id
-    batch, null = collate(rows, pad), NullHistory(setup.encoder, "target").batch(rows, pad)
+
+    def terms(alpha):
+        return [CrossEntropy(), CounterfactualLoss(alpha, NullHistory(setup.encoder, "target"))]
+
+    batch = training_batch(rows, pad, terms(0.0))  # the counterfactual term collates the null-history twin
+    null = NullHistory(setup.encoder, "target").batch(rows, pad)
+    assert all(torch.equal(batch["null_history"][k], null[k]) for k in null)
     with torch.no_grad():
         sft = completion_loss(model, batch).item()
-        assert completion_loss(model, batch, null_batch=null, alpha=0.0).item() == sft
-        cft = completion_loss(model, batch, null_batch=null, alpha=0.7).item()
+        assert completion_loss(model, batch, terms=terms(0.0)).item() == sft
+        cft = completion_loss(model, batch, terms=terms(0.7)).item()
         # by hand: full logits of each row and of its null twin, at the completion positions
         with_h, without, targets = [], [], []
         null_prompt = setup.encoder.prompt_ids(Example("", (), None))
@@ -448,7 +456,7 @@ def test_cft_loss_equals_sft_loss_at_alpha_zero_and_adds_the_counterfactual_term
 
 
 def test_cft_sequence_objective_subtracts_the_empty_history_prediction(tiny_overrides):
-    from genrec.counterfactual import NullHistory
+    from genrec.counterfactual import CounterfactualLoss, NullHistory
     from genrec.data import sequence_windows
 
     overrides = [o for o in tiny_overrides if not o.startswith("prompt.template=")]
@@ -463,7 +471,8 @@ def test_cft_sequence_objective_subtracts_the_empty_history_prediction(tiny_over
     assert null["input_ids"].shape[0] == 1
     candidates = torch.tensor(sorted(setup.item_tokens))
     with torch.no_grad():
-        cft = completion_loss(model, batch, candidates, null, alpha=0.5).item()
+        terms = [CrossEntropy(), CounterfactualLoss(0.5, NullHistory(setup.encoder, "sequence"))]
+        cft = completion_loss(model, {**batch, "null_history": null}, candidates, terms=terms).item()
         full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      position_ids=batch["position_ids"]).logits
         prompt = setup.encoder.prompt_ids(Example("", (), None))

@@ -16,7 +16,9 @@ from genrec.data.catalog import Catalog
 from genrec.data.splits import build_split
 from genrec.evaluation import baseline_metrics, evaluation_users, shard_batches
 from genrec.metrics import rank_of, ranking_metrics
-from genrec.training import MetricsLog, atomic_write_text, collate, epoch_batches
+from genrec.batching import collate, epoch_batches
+from genrec.io import atomic_folder, atomic_path, atomic_write_text
+from genrec.metrics_log import MetricsLog
 
 # --------------------------------------------------------------------------- ranking metrics
 
@@ -271,3 +273,36 @@ def test_atomic_write_text(tmp_path):
     atomic_write_text(path, "two")
     assert path.read_text() == "two"
     assert sorted(p.name for p in path.parent.iterdir()) == ["out.txt"]  # no temporary file left behind
+
+
+def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    path = tmp_path / "model.pt"
+    atomic_write_text(path, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt"]  # the temporary is gone too
+
+
+def test_atomic_folder_replaces_an_owned_folder_and_lets_the_first_shared_writer_win(tmp_path):
+    folder = tmp_path / "checkpoints" / "step-2"
+    for text in ("first", "second"):
+        with atomic_folder(folder) as tmp:
+            tmp.mkdir()
+            (tmp / "weights").write_text(text)
+    assert (folder / "weights").read_text() == "second"
+    with pytest.raises(RuntimeError):
+        with atomic_folder(folder) as tmp:
+            tmp.mkdir()
+            raise RuntimeError("killed mid-write")
+    assert (folder / "weights").read_text() == "second"
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["step-2"]  # no .tmp or .old left behind
+    cache = tmp_path / "cache"
+    for text in ("first", "late"):  # a second process finishing the same cache finds it in place
+        with atomic_folder(cache, shared=True) as tmp:
+            tmp.mkdir()
+            (tmp / "data").write_text(text)
+    assert (cache / "data").read_text() == "first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "checkpoints"]

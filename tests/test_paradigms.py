@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from genrec.config import load_config
+from genrec.config import load_config, parse_time
 from genrec.data import load_split
-from genrec.data.splits import Example, parse_time, sequence_windows, sliding_windows
+from genrec.data.splits import Example, sequence_windows, sliding_windows
 from genrec.errors import CheckpointError, ConfigError, DataError, TemplateError
 from genrec.evaluation import evaluation_users
 from genrec.pointwise import (answer_token_ids, balanced_sample, evaluation_examples, pointwise_examples,
@@ -229,6 +229,7 @@ def test_negatives_avoid_the_window_and_are_seeded():
     ("items.identifier=title", "atomic"),
     ("train.init_adapter=null", "init_adapter"),
     ("train.negatives=0", "negatives"),
+    ("train.counterfactual_alpha=0.5", "counterfactual_alpha"),  # a cross-entropy term, which S-DPO replaces
 ])
 def test_bad_dpo_settings_are_named(toy_data_dir, override, message):
     base = [f"data.path={toy_data_dir}", "data.dataset=toy", "items.identifier=atomic", "train.loss=softmax_dpo",

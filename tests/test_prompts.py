@@ -56,7 +56,7 @@ def test_shipped_templates_exist():
 @pytest.mark.parametrize("identifier", ["title", "id", "atomic", "semantic"])
 def test_shipped_templates_load_and_check(path, identifier, catalog):
     if identifier == "semantic":
-        catalog.assign_semantic([f"<a_{i % 2}><b_{i}>" for i in range(len(catalog))])
+        catalog = catalog.with_semantic([f"<a_{i % 2}><b_{i}>" for i in range(len(catalog))])
     t = PromptTemplate.load(path)
     assert t.name == path.stem
     assert t.source == str(path)

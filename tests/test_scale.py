@@ -67,7 +67,8 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_overrides
     from genrec.config import AdapterConfig, load_config
     from genrec.modeling import attach_adapter
     from genrec.recommender import prepare
-    from genrec.training import collate, completion_loss
+    from genrec.batching import collate
+    from genrec.loss import completion_loss
 
     setup = prepare(load_config(None, atomic(tiny_overrides)))
     results = []

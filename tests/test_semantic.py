@@ -282,7 +282,8 @@ def test_collaborative_embeddings_come_from_training_interactions_only():
 
 
 def test_each_code_position_competes_only_with_codes_of_its_level(semantic_setup):
-    from genrec.training import collate, completion_loss, label_logits
+    from genrec.batching import collate
+    from genrec.loss import completion_loss, label_logits
 
     finetune = load_recipe("finetune")
     setup = semantic_setup

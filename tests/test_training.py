@@ -9,7 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from genrec.training import collate, completion_loss
+from genrec.batching import collate
+from genrec.loss import completion_loss
 
 from helpers_recipes import load_recipe
 
@@ -173,7 +174,7 @@ def test_bf16_training_loss_keeps_fp32_adapter_weights_and_gradients(tiny_model_
 
     from genrec.config import AdapterConfig
     from genrec.modeling import attach_adapter
-    from genrec.training import training_loss
+    from genrec.loss import training_loss
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.bfloat16)

@@ -66,12 +66,12 @@ class Catalog:
         self._by_identifier = {kind: {it.identifier(kind): it for it in items} for kind in kinds}
         self._words = None  # word -> titles holding it, and word weights (close_matches builds it once)
 
-    def assign_semantic(self, strings: list[str]) -> None:
-        """Give every item its semantic-id string (catalog order); strings must be distinct."""
+    def with_semantic(self, strings: list[str]) -> "Catalog":
+        """The same items, each with its semantic-id string (catalog order); strings must be distinct."""
         if len(strings) != len(self.items) or len(set(strings)) != len(strings):
             raise DataError(f"semantic ids: expected {len(self.items)} distinct strings, got "
                             f"{len(set(strings))} distinct of {len(strings)}")
-        self.__init__([replace(it, semantic=s) for it, s in zip(self.items, strings)])
+        return Catalog([replace(it, semantic=s) for it, s in zip(self.items, strings)])
 
     def renumber(self, numbers: list[int], id_format: str) -> "Catalog":
         """The same items with plain ids formatted from ``numbers`` (catalog order) instead of their item ids."""

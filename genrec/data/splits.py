@@ -352,27 +352,10 @@ def sequence_windows(split: Split, max_history: int, stride: int | None = None, 
     return examples
 
 
-def parse_time(value: str | None) -> float | None:
-    """data.time_cut: unix seconds, or a date/time pandas reads (e.g. 1998-01-01, read as UTC)."""
-    if value is None:
-        return None
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        stamp = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        raise DataError(f"config: data.time_cut={value!r} is neither unix seconds nor a date like 1998-01-01") from None
-    if stamp.tzinfo is None:
-        stamp = stamp.tz_localize("UTC")
-    return stamp.timestamp()
-
-
 def training_examples(split: Split, data_cfg, objective: str) -> list[Example]:
     """The training set of a run: whole-history windows (``sequence``) or prompt → target windows,
     with targets in ``data.train_period`` relative to ``data.time_cut``."""
-    cut, period = parse_time(data_cfg.time_cut), data_cfg.train_period
+    cut, period = data_cfg.time_cut_seconds, data_cfg.train_period
     if objective == "sequence":
         return sequence_windows(split, data_cfg.max_history, data_cfg.sequence_stride, cut, period)
     return sliding_windows(split, data_cfg.max_history, data_cfg.min_history, data_cfg.train_windows_per_user,
