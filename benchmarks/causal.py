@@ -97,20 +97,23 @@ def evaluate(recommender: Recommender, setting: tuple[str, float], split_name: s
     """Rank every evaluation user under one decoding setting (knob, value) and score it. ``examples`` replace
     the users' own (e.g. swapped histories); ``rationales`` (token ids) replace generated rationales."""
     cfg, split = recommender.setup.cfg, recommender.setup.split
-    cfg.decode.popularity_gamma = cfg.decode.contrastive_lambda = cfg.decode.propensity_mix = 0.0
-    setattr(cfg.decode, KNOBS[setting[0]], setting[1])
+    off = {knob: 0.0 for knob in KNOBS.values()}  # the one knob set, the others off
+    options = replace(recommender.options, **{**off, KNOBS[setting[0]]: setting[1]})
     users, k = split.eval_users, max(cfg.eval.ks)
     start = time.time()
+    lines = None  # the rationales (token ids) the items came after, when the template writes them
     if examples is None and rationales is None and not recommender.setup.template.has_rationale:
-        ranked = rank_users(recommender, users, split_name, k)
+        ranked = rank_users(recommender, users, split_name, k, options=options)
     else:  # in user order, so that rationales line up with users
         examples = examples or [split.example(u, split_name, cfg.data.max_history) for u in users]
-        seen = [split.seen(u, split_name) if cfg.decode.exclude_seen else set() for u in users]
-        ranked = dict(zip(users, recommender.rank(examples, seen, k, rationales=rationales)))
+        seen = [split.seen(u, split_name) if options.exclude_seen else set() for u in users]
+        ranking = recommender.rank(examples, seen, k, options, rationales=rationales)
+        ranked, lines = dict(zip(users, ranking.items)), ranking.rationales
     metrics = score(ranked, split, users, split_name, cfg.eval.ks, ips_clip=cfg.eval.ips_clip, seed=cfg.run.seed)
     metrics["rankings"] = [[item for item, *_ in ranked[u]] for u in users]  # for the paired bootstrap
-    if recommender.setup.template.has_rationale:
-        written = [recommender.decode_rationale(ids) for ids in recommender.last_rationales]
+    if lines is not None:
+        metrics["rationale_ids"] = lines  # what reason_rows swaps between users
+        written = [recommender.decode_rationale(ids) for ids in lines]
         reference = recommender.setup.with_rationales([split.example(u, split_name, cfg.data.max_history)
                                                        for u in users])
         metrics.update(rationale_metrics([[i for i, _ in ranked[u]] for u in users], written,
@@ -143,7 +146,7 @@ def reason_rows(item_only: Recommender, reason: Recommender, seed: int) -> dict:
     """The three ablations of reason-then-recommend on every test user."""
     plain = evaluate(item_only, ("gamma", 0.0), "test", note=" item only")
     own = evaluate(reason, ("gamma", 0.0), "test", note=" own rationale")
-    lines = list(reason.last_rationales)
+    lines = own["rationale_ids"]
     swapped = evaluate(reason, ("gamma", 0.0), "test", rationales=[lines[d] for d in donors(len(lines), seed)],
                        note=" swapped rationale")
     keys = ("rationale_genre_match@10", "rationale_genre_precision", "rationale_exact")

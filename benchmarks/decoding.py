@@ -30,7 +30,6 @@ Last line: one JSON object.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import json
 import sys
@@ -85,16 +84,12 @@ def overlap_at_10(a: list[list[int]], b: list[list[int]]) -> float:
     return sum(len(set(x[:10]) & set(y[:10])) / 10 for x, y in zip(a, b)) / len(a)
 
 
-def timed_rank(recommender: Recommender, examples, k: int) -> tuple[list[list[int]], float]:
+def timed_rank(recommender: Recommender, examples, k: int, beams: int | None = None) -> tuple[list[list[int]], float]:
+    """The top-k item lists and the seconds they took, with ``beams`` beams (default: decode.num_beams)."""
+    options = recommender.options if beams is None else dataclasses.replace(recommender.options, num_beams=beams)
     start = time.perf_counter()
-    ranked = recommender.rank(examples, [set() for _ in examples], k)
+    ranked = recommender.rank(examples, [set() for _ in examples], k, options).items
     return [[i for i, _ in r] for r in ranked], time.perf_counter() - start
-
-
-def with_beams(recommender: Recommender, model, beams: int) -> Recommender:
-    cfg = copy.deepcopy(recommender.setup.cfg)
-    cfg.decode.num_beams = beams
-    return Recommender(model, dataclasses.replace(recommender.setup, cfg=cfg))
 
 
 def main() -> None:
@@ -118,8 +113,7 @@ def main() -> None:
 
     recommender.rank(examples[:2], [set(), set()], 20)  # warm-up
     fast, fast_s = timed_rank(recommender, examples, 20)
-    narrow = with_beams(recommender, recommender.model, 10)
-    fast10, fast10_s = timed_rank(narrow, examples, 10)
+    fast10, fast10_s = timed_rank(recommender, examples, 10, beams=10)
 
     fp32 = load_config(args.config, overrides[:-1] + ["model.dtype=float32"])
     base = load_base_model(fp32.model, setup.model_path)
@@ -135,7 +129,8 @@ def main() -> None:
 
     # genrec's search at the naive path's settings (fp32, 10 beams): isolates the algorithm from bf16; run
     # on every user, it also measures the bf16 effect on more users than the naive path can afford
-    same, _ = timed_rank(with_beams(recommender, base, 10), examples, 10)
+    fp32_recommender = Recommender(base, setup)
+    same, _ = timed_rank(fp32_recommender, examples, 10, beams=10)
     returned = [i for r in fast for i in r]
     result = {
         "users": len(examples),
@@ -162,7 +157,7 @@ def main() -> None:
     if args.exact_users > 0:
         m = min(args.exact_users, n)
         # as many beams as items: only the exact bound (a prefix already below the 10th finished item) prunes
-        exact, _ = timed_rank(with_beams(recommender, base, setup.index.num_items), examples[:m], 10)
+        exact, _ = timed_rank(fp32_recommender, examples[:m], 10, beams=setup.index.num_items)
         result.update({
             "exact_users": m,
             "exact_overlap_genrec_20_beams": round(overlap_at_10(fast[:m], exact), 4),

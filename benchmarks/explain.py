@@ -111,7 +111,7 @@ def explain_headline(args) -> dict:
         for user in tqdm(everyone, desc="ranking one user at a time", unit="user"):
             ex = split.example(user, "test", cfg.data.max_history)
             start = time.perf_counter()
-            ranked[user] = recommender.rank([ex], [split.seen(user, "test")], 10)[0]
+            ranked[user] = recommender.rank([ex], [split.seen(user, "test")], 10).items[0]
             plain_s.append(time.perf_counter() - start)
     ranking = score(ranked, split, everyone, "test", [10], bias=False)
     evaluated = recipe_evaluate(config, [*overrides, f"run.checkpoint={checkpoint}"], Path(args.out) / "evaluate")
@@ -124,7 +124,7 @@ def explain_headline(args) -> dict:
     with autocast():
         for ex, user in tqdm(list(zip(examples, users)), desc="explaining top-10", unit="user"):
             start = time.perf_counter()
-            explained = explainer(ex, recommender.rank([ex], [split.seen(user, "test")], 10)[0])
+            explained = explainer(ex, recommender.rank([ex], [split.seen(user, "test")], 10).items[0])
             explained_s.append(time.perf_counter() - start)  # rank + explain, as a request does
             for e in explained:
                 pairs.append((ex, e.item))
@@ -186,7 +186,8 @@ def main() -> None:
     rows, texts, timing = {}, {}, {}
     with autocast():
         start = time.perf_counter()
-        top1 = [r[0][0] for r in recommender.rank(examples, [split.seen(u, "test") for u in users], 1, progress=True)]
+        ranked = recommender.rank(examples, [split.seen(u, "test") for u in users], 1, progress=True).items
+        top1 = [r[0][0] for r in ranked]
         timing["recommend_s"] = round(time.perf_counter() - start, 1)
         targets = [ex.target for ex in examples]
         for task, items in (("e2", top1), ("e1", targets)):

@@ -122,11 +122,12 @@ def item_log_probs(next_logp: NextTokenLogProbs, prompts: list[list[int]], index
 
 @torch.no_grad()
 def mean_item_log_probs(model, prompts: list[list[int]], index: ItemIndex, pad_id: int = 0,
-                        adapters: list[str | None] | None = None,
-                        next_logp: NextTokenLogProbs | None = None, shared_prefix: bool = False) -> torch.Tensor:
+                        adapters: list[str | None] | None = None, next_logp: NextTokenLogProbs | None = None,
+                        shared_prefix: bool = False, trie_normalize: bool = False) -> torch.Tensor:
     """[prompts, items]: the members' mean log p(item | prompt). ``adapters``: the members' adapter names on
     ``model`` (a peft model carrying all of them), each activated in turn for its forward pass; the first
-    is active again afterwards. None: ``model`` alone."""
+    is active again afterwards. None: ``model`` alone. ``trie_normalize``: each member's log p(item | prompt,
+    the output is a catalog item) instead, as decode.trie_normalize makes the search score one model."""
     _one_token_items(index)
     adapters = adapters or [None]
     next_logp = next_logp or NextTokenLogProbs(model)
@@ -135,6 +136,8 @@ def mean_item_log_probs(model, prompts: list[list[int]], index: ItemIndex, pad_i
         if name is not None:
             model.set_adapter(name)
         logp = item_log_probs(next_logp, prompts, index, pad_id, shared_prefix)
+        if trie_normalize:  # the root's children are every item's one token
+            logp = logp - logp.logsumexp(dim=1, keepdim=True)
         score = logp if score is None else score + logp
     if adapters[0] is not None:
         model.set_adapter(adapters[0])
@@ -145,11 +148,16 @@ def mean_item_log_probs(model, prompts: list[list[int]], index: ItemIndex, pad_i
 def ensemble_topk(model, prompts: list[list[int]], index: ItemIndex, k: int,
                   excluded: list[set[int]] | None = None, pad_id: int = 0,
                   node_prior: torch.Tensor | None = None, adapters: list[str | None] | None = None,
-                  next_logp: NextTokenLogProbs | None = None) -> list[list[tuple[int, float]]]:
-    """Top-``k`` items per prompt, best first, as (catalog index, score), where the score is the members'
-    mean log p(item | prompt) (``mean_item_log_probs``) plus the node prior's leaf-minus-root (what
-    ``constrained_topk`` adds)."""
-    score = mean_item_log_probs(model, prompts, index, pad_id, adapters, next_logp)
+                  next_logp: NextTokenLogProbs | None = None, trie_normalize: bool = False
+                  ) -> list[list[tuple[int, float]]]:
+    """Top-``k`` items per prompt, best first, as (catalog index, score): what ``constrained_topk`` gives one
+    model, with the members' mean log p(item | prompt) (``mean_item_log_probs``, renormalised over the catalog
+    with ``trie_normalize``) in place of its log p, plus the node prior's leaf-minus-root.
+
+    The search's other settings change nothing here, so they are not asked for: an item is one token, every
+    item finishes at the first step (num_beams bounds only the beams still going) and its length is 1
+    (length_penalty divides by 1 ** p)."""
+    score = mean_item_log_probs(model, prompts, index, pad_id, adapters, next_logp, trie_normalize=trie_normalize)
     if node_prior is not None:
         prior = node_prior.to(device=score.device, dtype=torch.float32)
         score += prior[index.item_path[:, 0].to(score.device)] - prior[0]

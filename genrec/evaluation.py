@@ -17,6 +17,7 @@ from genrec.baselines import most_popular
 from genrec.bias_metrics import bias_metrics
 from genrec.config import Config
 from genrec.data.splits import Case, Split
+from genrec.decode_options import DecodeOptions
 from genrec.errors import DataError
 from genrec.metrics import ranking_metrics
 
@@ -62,34 +63,36 @@ def shard_batches(lengths: list[int], batch_size: int, rank: int, world: int) ->
 
 
 def rank_cases(recommender, cases: list[Case], split_name: str, k: int, rank: int = 0, world: int = 1,
-               progress: bool = False, rationales: dict | None = None) -> dict[str, list[tuple[int, float]]]:
-    """Top-k for the cases of this shard, keyed by case id; ``rationales`` collects each case's written
-    rationale when the template has one. Seen items (each case's history) are left out under
-    decode.exclude_seen; otherwise the trie admits them, and each list still holds distinct catalog items."""
+               progress: bool = False, rationales: dict | None = None,
+               options: DecodeOptions | None = None) -> dict[str, list[tuple[int, float]]]:
+    """Top-k for the cases of this shard, keyed by case id, decoded as ``options`` say (default: the
+    recommender's); ``rationales`` collects each case's written rationale when the template has one. Seen
+    items (each case's history) are left out under exclude_seen; otherwise the trie admits them, and each list
+    still holds distinct catalog items."""
     setup = recommender.setup
+    options = options or recommender.options
     max_history = setup.cfg.data.max_history
     examples = [setup.split.case_example(c, max_history) for c in cases]
-    exclude = setup.cfg.decode.exclude_seen
     prompts = [setup.encoder.prompt_ids(ex) for ex in examples]
-    mine = [i for batch in shard_batches([len(p) for p in prompts], setup.cfg.decode.batch_users, rank, world)
-            for i in batch]
+    mine = [i for batch in shard_batches([len(p) for p in prompts], options.batch_users, rank, world) for i in batch]
     unit = "users" if setup.split.protocol == "leave_one_out" else "rows"
     ranked = recommender.rank(
         [examples[i] for i in mine],
-        [setup.split.case_seen(cases[i]) if exclude else set() for i in mine],
-        k, progress=progress, desc=f"{split_name} {unit} (process {rank})", prompts=[prompts[i] for i in mine],
+        [setup.split.case_seen(cases[i]) if options.exclude_seen else set() for i in mine],
+        k, options, progress=progress, desc=f"{split_name} {unit} (process {rank})", prompts=[prompts[i] for i in mine],
     )
-    if rationales is not None and recommender.setup.template.has_rationale:
+    if rationales is not None and ranked.rationales is not None:
         rationales.update({cases[i].case_id: recommender.decode_rationale(r)
-                           for i, r in zip(mine, recommender.last_rationales)})
-    return {cases[i].case_id: r for i, r in zip(mine, ranked)}
+                           for i, r in zip(mine, ranked.rationales)})
+    return {cases[i].case_id: r for i, r in zip(mine, ranked.items)}
 
 
 def rank_users(recommender, users: list[str], split_name: str, k: int, rank: int = 0, world: int = 1,
-               progress: bool = False, rationales: dict | None = None) -> dict[str, list[tuple[int, float]]]:
+               progress: bool = False, rationales: dict | None = None,
+               options: DecodeOptions | None = None) -> dict[str, list[tuple[int, float]]]:
     """Leave-one-out: ``rank_cases`` over the users' cases, keyed by user id."""
     return rank_cases(recommender, as_cases(recommender.setup.split, users, split_name), split_name, k, rank, world,
-                      progress, rationales)
+                      progress, rationales, options)
 
 
 def top_k_unseen(scores, excluded, k: int) -> list[list[tuple[int, float]]]:

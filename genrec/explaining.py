@@ -68,7 +68,7 @@ def citing_what_matters(recommender, example: Example, item: int, candidates: li
 
 def free_explanations(recommender, examples, items, prefixes, progress) -> list[str]:
     """Greedy lines after each prefix, with the template's text around the explanation taken off."""
-    setup, batch = recommender.setup, recommender.setup.cfg.decode.batch_users
+    setup, batch = recommender.setup, recommender.options.batch_users
     texts = []
     for lo in tqdm(range(0, len(prefixes), batch), desc="explaining", disable=not progress, unit="batch"):
         texts += [setup.tokenizer.decode(ids) for ids in greedy_lines(

@@ -14,16 +14,15 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from genrec import explanations, multitask, pointwise, rationale
-from genrec.bias_metrics import propensity_weights
+from genrec.causal_priors import CausalPriors
 from genrec.config import Config
 from genrec.data import Split, load_split
-from genrec.counterfactual import null_node_prior
 from genrec.data.splits import Example, training_examples
+from genrec.decode_options import DecodeOptions, DecodingPrior
 from genrec.decoding import NextTokenLogProbs, constrained_topk, greedy_lines
 from genrec.encoding import Encoder
 from genrec.ensemble import ensemble_topk, mean_item_log_probs, member_adapter, member_folders
@@ -34,7 +33,6 @@ from genrec.explanations import Explainer
 from genrec.item_tokens import add_item_tokens, atomic_names, grow_embeddings
 from genrec.items import ItemIndex
 from genrec.modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
-from genrec.popularity import smoothed
 from genrec.prompts import PromptFormatter, PromptTemplate
 from genrec.rationale import RationaleBuilder
 from genrec.semantic_ids import CODES_FILE, SemanticCodes, codes_for_run, llm_embeddings
@@ -173,13 +171,26 @@ def inference_device(cfg: Config, device=None) -> torch.device | None:
     return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """What one ``Recommender.rank`` call produced, aligned with its examples: per example the top-k (catalog
+    index, score), best first, and (reason-then-recommend) the rationale line, as token ids, the items were
+    decoded after; ``rationales`` is None when the template writes no rationale."""
+    items: list[list[tuple[int, float]]]
+    rationales: list[list[int]] | None
+
+
 class Recommender:
-    def __init__(self, model, setup: Setup, members: list[str] | None = None):
+    def __init__(self, model, setup: Setup, members: list[str] | None = None, options: DecodeOptions | None = None,
+                 prior: DecodingPrior | None = None):
+        """``options``: how ``rank`` decodes unless a call passes its own (default: the config's, read once here).
+        ``prior``: the node prior added inside the search (default: the causal one, genrec.causal_priors)."""
         self.model, self.setup = model, setup
         # an ensemble's adapters (genrec.ensemble), all on ``model``; ranking switches between them, everything
         # else (explanations, rationales, the null prior) runs with the first
         self.members = members or [None]
-        self.last_rationales: list[list[int]] = []  # reason-then-recommend: the lines of the last rank() call
+        self.options = options or DecodeOptions.from_config(setup.cfg)
+        self.prior = prior or CausalPriors(model, setup)
 
     @classmethod
     def load(cls, cfg: Config, check=None, device=None) -> tuple["Recommender", Path | None]:
@@ -228,85 +239,48 @@ class Recommender:
         """The model's next-token log-probabilities, with its fp32 output layer made once for every batch."""
         return NextTokenLogProbs(self.model)
 
-    @functools.cached_property
-    def popularity_log_mass(self):
-        """log of the training popularity (count + 1) under each trie node."""
-        return self.setup.index.log_mass(smoothed(self.setup.split.train_popularity()))
-
-    @functools.cached_property
-    def null_log_prob(self):
-        """log p(path to each trie node | the prompt with an empty history), for contrastive decoding."""
-        return null_node_prior(self.model, self.setup.index, self.setup.encoder.prompt_ids(Example("", (), None)))
-
-    def propensity_bonus(self, beta: float) -> torch.Tensor:
-        """Node prior whose leaf-minus-root is log(1 + beta * w(item)) - const, w the clipped inverse training
-        propensity of the debiased metrics (genrec.bias_metrics).
-
-        Why this form: expected NDCG + c * IPS-weighted NDCG of a ranking sums p(i | h) * (1 + c' * w(i)) *
-        gain(rank of i) over items, so sorting by that product is the best ranking for the mixed objective
-        when the model's p is right (beta = 0: plain NDCG; beta large: p(i | h) * w(i), the debiased one).
-        A popularity penalty (popularity_gamma < 0) is not of this form: it also reorders the head, where
-        1 + beta * w barely differs between items."""
-        return self.setup.index.max_below(np.log1p(beta * self.inverse_propensity))
-
-    @functools.cached_property
-    def inverse_propensity(self) -> np.ndarray:
-        """Per item: the clipped inverse training propensity (computed once; node_prior runs every batch)."""
-        return propensity_weights(self.setup.split.train_popularity(), self.setup.cfg.eval.ips_clip)
-
-    def node_prior(self):
-        """The decoding interventions inside the trie (None when there are none):
-        decode.popularity_gamma * popularity_log_mass - decode.contrastive_lambda * null_log_prob
-        + propensity_bonus(decode.propensity_mix)."""
-        dcfg = self.setup.cfg.decode
-        gamma, lam, beta = dcfg.popularity_gamma, dcfg.contrastive_lambda, dcfg.propensity_mix
-        cached = self.__dict__.get("_node_prior")
-        if cached is not None and cached[0] == (gamma, lam, beta):
-            return cached[1]  # on the model's device already: no copy per batch
-        parts = (([gamma * self.popularity_log_mass] if gamma else []) + ([-lam * self.null_log_prob] if lam else [])
-                 + ([self.propensity_bonus(beta)] if beta else []))
-        prior = sum(parts).to(next(self.model.parameters()).device) if parts else None
-        self._node_prior = ((gamma, lam, beta), prior)
-        return prior
-
-    def rank(self, examples: list[Example], excluded: list[set[int]], k: int, progress: bool = False,
-             desc: str = "decoding", prompts: list[list[int]] | None = None,
-             rationales: list[list[int]] | None = None) -> list[list[tuple[int, float]]]:
-        """Top-k per example; ``prompts`` (token ids) may be passed when already encoded.
+    def rank(self, examples: list[Example], excluded: list[set[int]], k: int, options: DecodeOptions | None = None,
+             progress: bool = False, desc: str = "decoding", prompts: list[list[int]] | None = None,
+             rationales: list[list[int]] | None = None) -> Ranking:
+        """Top-k per example, decoded as ``options`` say (default: ``self.options``); ``prompts`` (token ids) may
+        be passed when already encoded.
 
         With a template that writes a rationale, each user's rationale line is generated first (greedy, at
-        most reason.max_new_tokens, ending at the first newline), or taken from ``rationales`` (token ids,
-        e.g. another user's for the swap test), and the item is decoded after it. The rationale ids used
-        are left in ``self.last_rationales``, aligned with ``examples``."""
-        setup, dcfg = self.setup, self.setup.cfg.decode
+        most options.rationale_max_new_tokens, ending at the first newline), or taken from ``rationales`` (token
+        ids, e.g. another user's for the swap test), and the item is decoded after it; the result carries the
+        lines used."""
+        options = options or self.options
+        setup, step = self.setup, options.batch_users
         prompts = prompts or [setup.encoder.prompt_ids(ex) for ex in examples]
-        reasoning = setup.template.has_rationale
-        self.last_rationales = []
+        used = [] if setup.template.has_rationale else None
         out = []
         bar = tqdm(total=len(examples), desc=desc, disable=not progress, unit="user")
-        for lo in range(0, len(examples), dcfg.batch_users):
-            batch = prompts[lo: lo + dcfg.batch_users]
-            if reasoning:
-                lines = rationales[lo: lo + dcfg.batch_users] if rationales is not None else self._rationales(batch)
-                self.last_rationales += lines
+        for lo in range(0, len(examples), step):
+            batch = prompts[lo: lo + step]
+            if used is not None:
+                lines = rationales[lo: lo + step] if rationales is not None else self._rationales(batch, options)
+                used += lines
                 batch = [p + line for p, line in zip(batch, lines)]
+            prior = self.prior.node_prior(options)  # per batch, none for an empty shard: it may run the model
             if len(self.members) > 1:
-                out += ensemble_topk(self.model, batch, setup.index, k, excluded[lo: lo + dcfg.batch_users],
-                                     setup.tokenizer.pad_token_id, self.node_prior(), self.members, self.next_logp)
+                # one-token items: num_beams and length_penalty change nothing there (ensemble_topk says why)
+                out += ensemble_topk(self.model, batch, setup.index, k, excluded[lo: lo + step],
+                                     setup.tokenizer.pad_token_id, prior, self.members, self.next_logp,
+                                     trie_normalize=options.trie_normalize)
             else:
                 out += constrained_topk(
                     self.model, batch, setup.index, k=k,
-                    num_beams=max(dcfg.num_beams, k), excluded=excluded[lo: lo + dcfg.batch_users],
-                    length_penalty=dcfg.length_penalty, pad_id=setup.tokenizer.pad_token_id,
-                    node_prior=self.node_prior(), trie_normalize=dcfg.trie_normalize, next_logp=self.next_logp,
+                    num_beams=max(options.num_beams, k), excluded=excluded[lo: lo + step],
+                    length_penalty=options.length_penalty, pad_id=setup.tokenizer.pad_token_id,
+                    node_prior=prior, trie_normalize=options.trie_normalize, next_logp=self.next_logp,
                 )
             bar.update(len(batch))
         bar.close()
-        return out
+        return Ranking(out, used)
 
-    def _rationales(self, prompts: list[list[int]]) -> list[list[int]]:
+    def _rationales(self, prompts: list[list[int]], options: DecodeOptions) -> list[list[int]]:
         encoder = self.setup.encoder
-        lines = greedy_lines(self.model, prompts, encoder.newline_tokens(), self.setup.cfg.reason.max_new_tokens,
+        lines = greedy_lines(self.model, prompts, encoder.newline_tokens(), options.rationale_max_new_tokens,
                              self.setup.tokenizer.pad_token_id)
         ending = encoder.rationale_ids("")  # the newline, for a line cut off at the token limit
         stops = set(encoder.newline_tokens().tolist())

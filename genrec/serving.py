@@ -60,7 +60,7 @@ class RecommendationService:
         self.split = self.recommender.setup.split
         self.catalog = self.split.catalog
         self.explainer = RankingExplainer(self.recommender)
-        self.max_k = max(cfg.decode.num_beams, cfg.recommend.k)
+        self.max_k = max(self.recommender.options.num_beams, cfg.recommend.k)
         self.batch_wait = batch_wait_ms / 1000
         self.lock = threading.Lock()  # one forward pass at a time
         self.jobs: queue.Queue = queue.Queue()
@@ -150,7 +150,7 @@ class RecommendationService:
         while True:
             batch = [self.jobs.get()]
             deadline = time.perf_counter() + self.batch_wait
-            while len(batch) < self.cfg.decode.batch_users:
+            while len(batch) < self.recommender.options.batch_users:
                 left = deadline - time.perf_counter()
                 try:
                     batch.append(self.jobs.get(timeout=max(left, 0)) if left > 0 else self.jobs.get_nowait())
@@ -159,7 +159,7 @@ class RecommendationService:
             try:
                 k = max(job[2] for job in batch)
                 with self.lock, self.autocast():
-                    ranked = self.recommender.rank([job[0] for job in batch], [job[1] for job in batch], k)
+                    ranked = self.recommender.rank([job[0] for job in batch], [job[1] for job in batch], k).items
                 self.batches += 1
                 for (_, _, want, future), result in zip(batch, ranked):
                     future.set_result(result[:want])

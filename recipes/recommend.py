@@ -67,9 +67,9 @@ def main(argv: list[str]) -> list[dict]:
     example = asked[0]
     split = recommender.setup.split
     seen = set(split.sequences.get(example.user_id, example.history)) | set(example.history)
-    ranked = recommender.rank([example], [seen if cfg.decode.exclude_seen else set()], cfg.recommend.k)[0]
-    why = {"rationale": recommender.decode_rationale(recommender.last_rationales[0])} \
-        if recommender.setup.template.has_rationale else {}
+    ranking = recommender.rank([example], [seen if recommender.options.exclude_seen else set()], cfg.recommend.k)
+    ranked = ranking.items[0]
+    why = {"rationale": recommender.decode_rationale(ranking.rationales[0])} if ranking.rationales is not None else {}
     rows = [{"user_id": example.user_id, "rank": r, "item_id": split.catalog[i].item_id,
              "title": split.catalog[i].text, "score": round(s, 4), **why} for r, (i, s) in enumerate(ranked, start=1)]
     if cfg.recommend.explain:  # the model's own ranking, each item with its grounded line (genrec.explained)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from genrec.bias_metrics import bias_metrics, head_items, paired_relative_ci, pr
 from genrec.config import load_config
 from genrec.data import load_split
 from genrec.data.splits import Example, Split
+from genrec.decode_options import DecodeOptions
 from genrec.decoding import constrained_topk, score_items
 from genrec.encoding import IGNORE_INDEX
 from genrec.errors import ConfigError
@@ -193,15 +195,11 @@ def test_max_below_telescopes_to_the_item_value_and_never_rises(tiny):
 def test_propensity_mix_inside_beam_search_ranks_by_p_times_one_plus_beta_w(tiny):
     """decode.propensity_mix: the exact top-k of p(item) * (1 + beta * w(item)), w the clipped inverse
     propensity of the debiased metric, whatever the number of steps per item."""
-    from genrec.recommender import Recommender
+    from genrec.causal_priors import CausalPriors
 
     setup, model = tiny
     beta = 0.5
-    setup.cfg.decode.propensity_mix = beta
-    try:
-        prior = Recommender(model, setup, [model]).node_prior()
-    finally:
-        setup.cfg.decode.propensity_mix = 0.0
+    prior = CausalPriors(model, setup).node_prior(replace(DecodeOptions.from_config(setup.cfg), propensity_mix=beta))
     w = propensity_weights(setup.split.train_popularity(), setup.cfg.eval.ips_clip)
     assert len(set(w.round(6))) > 2  # the toy catalog's popularity varies, so the bonus does too
     changed = False

@@ -4,7 +4,7 @@ checkpoint layout, and a tiny run that halts, resumes, assembles and evaluates."
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
@@ -78,15 +78,22 @@ def prompts_and_exclusions(setup, n: int = 6):
     return [setup.encoder.prompt_ids(ex) for ex in examples], [setup.split.seen(u, "test") for u in users]
 
 
-def test_ensemble_of_one_ranks_like_the_beam_search(two_models):
+@pytest.mark.parametrize("num_beams, length_penalty, trie_normalize", [(10, 0.0, False), (10, 0.0, True),
+                                                                       (40, 1.0, False), (10, 2.0, True)])
+def test_ensemble_of_one_ranks_like_the_beam_search(two_models, num_beams, length_penalty, trie_normalize):
+    """Every decoding option the search takes gives the ensemble's ranking the same meaning: trie_normalize by
+    renormalising over the catalog, num_beams and length_penalty by having nothing to change (one token per
+    item)."""
     setup, model, _ = two_models
     prompts, excluded = prompts_and_exclusions(setup)
     assert len({len(p) for p in prompts}) > 1  # different lengths: left padding is exercised
     prior = setup.index.log_mass(torch.arange(1, setup.index.num_items + 1, dtype=torch.float64))
     for node_prior in (None, 0.7 * prior):
-        expected = constrained_topk(model, prompts, setup.index, k=10, num_beams=10, excluded=excluded,
-                                    pad_id=setup.tokenizer.pad_token_id, node_prior=node_prior)
-        got = ensemble_topk(model, prompts, setup.index, 10, excluded, setup.tokenizer.pad_token_id, node_prior)
+        expected = constrained_topk(model, prompts, setup.index, k=10, num_beams=num_beams, excluded=excluded,
+                                    length_penalty=length_penalty, pad_id=setup.tokenizer.pad_token_id,
+                                    node_prior=node_prior, trie_normalize=trie_normalize)
+        got = ensemble_topk(model, prompts, setup.index, 10, excluded, setup.tokenizer.pad_token_id, node_prior,
+                            trie_normalize=trie_normalize)
         for want, have, seen in zip(expected, got, excluded):
             assert [i for i, _ in have] == [i for i, _ in want]
             assert [s for _, s in have] == pytest.approx([s for _, s in want], abs=1e-4)
@@ -122,6 +129,40 @@ def test_ensemble_ranks_by_the_mean_log_probability(two_models):
         assert [s for _, s in have] == pytest.approx(best.tolist(), abs=1e-4)
     alone = ensemble_topk(separate[0], prompts, setup.index, 10, excluded, setup.tokenizer.pad_token_id)
     assert got != alone  # the second member changes the ranking
+
+
+def test_an_ensemble_recommender_ranks_by_the_options_it_is_given(two_models):
+    """decode.trie_normalize reaches an ensemble's ranking: each member's log p(item | the output is a catalog
+    item), averaged; the config's own setting (off) stays as it was."""
+    from genrec.ensemble import member_adapter
+    from genrec.modeling import load_adapter
+    from genrec.recommender import Recommender
+
+    setup, _, folders = two_models
+    users = setup.split.eval_users[:6]
+    examples = [setup.split.example(u, "test", 5) for u in users]
+    excluded = [setup.split.seen(u, "test") for u in users]
+    shared = setup.load_model()
+    names = [member_adapter(k) for k in range(len(folders))]
+    for name, folder in zip(names, folders):
+        shared = load_adapter(shared, folder, name=name)
+    shared.set_adapter(names[0])
+    rec = Recommender(shared.eval(), setup, names)
+    plain = rec.rank(examples, excluded, 10).items
+    normalized = rec.rank(examples, excluded, 10, replace(rec.options, trie_normalize=True)).items
+    assert not setup.cfg.decode.trie_normalize and not rec.options.trie_normalize
+    tokens = torch.tensor([seq[0] for seq in setup.index.sequences])
+    separate = [merged(setup, f) for f in folders]
+    for ex, seen, have, unnormalized in zip(examples, excluded, normalized, plain):
+        ids = torch.tensor([setup.encoder.prompt_ids(ex)])
+        with torch.no_grad():
+            logps = [torch.log_softmax(m(input_ids=ids).logits[0, -1].float(), -1)[tokens] for m in separate]
+        mean = sum(logp - logp.logsumexp(0) for logp in logps) / len(logps)
+        mean[sorted(seen)] = float("-inf")
+        best, items = mean.topk(10)
+        assert [i for i, _ in have] == items.tolist() == [i for i, _ in unnormalized]  # a shift per prompt
+        assert [s for _, s in have] == pytest.approx(best.tolist(), abs=1e-4)
+        assert [s for _, s in have] != pytest.approx([s for _, s in unnormalized], abs=1e-2)
 
 
 def test_ensemble_needs_one_token_items(tiny_title_setup):

@@ -34,7 +34,7 @@ def cases(recommender, n: int = 5):
     split = recommender.setup.split
     users = split.eval_users[:n]
     examples = [split.example(u, "test", recommender.setup.cfg.data.max_history) for u in users]
-    ranked = recommender.rank(examples, [split.seen(u, "test") for u in users], 5)
+    ranked = recommender.rank(examples, [split.seen(u, "test") for u in users], 5).items
     return examples, ranked
 
 

@@ -19,7 +19,7 @@ import pytest
 from genrec.config import load_config
 from genrec.data import load_split
 from genrec.data import readers
-from genrec.data.splits import Case, describe, sliding_windows, training_examples
+from genrec.data.splits import describe, sliding_windows, training_examples
 from genrec.errors import ConfigError, DataError
 from genrec.evaluation import (baseline_metrics, evaluation_cases, evaluation_users, protocol, rankings_jsonl,
                                score_cases)

@@ -160,17 +160,17 @@ def test_swapped_rationales_are_used_as_given(reason_run):
     examples = [split.example(u, "test", 5) for u in users]
     seen = [split.seen(u, "test") for u in users]
     own = rec.rank(examples, seen, 10)
-    lines = list(rec.last_rationales)
+    lines = own.rationales
     swapped = lines[1:] + lines[:1]
     again = rec.rank(examples, seen, 10, rationales=swapped)
-    assert rec.last_rationales == swapped
+    assert again.rationales == swapped
     prompts = [rec.setup.encoder.prompt_ids(ex) + line for ex, line in zip(examples, swapped)]
     from genrec.decoding import constrained_topk
 
     direct = constrained_topk(rec.model, prompts, rec.setup.index, k=10, num_beams=20, excluded=seen,
                               pad_id=rec.setup.tokenizer.pad_token_id)
-    assert [[i for i, _ in r] for r in again] == [[i for i, _ in r] for r in direct]
-    assert own != again or len(set(map(tuple, lines))) == 1
+    assert [[i for i, _ in r] for r in again.items] == [[i for i, _ in r] for r in direct]
+    assert own.items != again.items or len(set(map(tuple, lines))) == 1
 
 
 def test_recommend_prints_the_rationale(reason_run, capsys):

@@ -44,7 +44,7 @@ def test_recommend_for_a_user_equals_the_recommenders_own_ranking(served):
     from genrec.data.splits import Example
 
     example = Example("3", tuple(sequence[-rec.setup.cfg.data.max_history:]), None)
-    want = rec.rank([example], [set(sequence)], 5)[0]
+    want = rec.rank([example], [set(sequence)], 5).items[0]
     assert [it["item_id"] for it in body["items"]] == [split.catalog[i].item_id for i, _ in want]
     assert [it["score"] for it in body["items"]] == pytest.approx([round(s, 4) for _, s in want], abs=1e-4)
     assert not {it["item_id"] for it in body["items"]} & {split.catalog[i].item_id for i in sequence}
@@ -75,7 +75,7 @@ def test_a_history_of_titles_and_ids(served):
     kept = client.post("/recommend", json={"history": history, "k": 20, "exclude_seen": False}).json()["items"]
     from genrec.data.splits import Example
 
-    want = service.recommender.rank([Example("request", (0, 3, 7), None)], [set()], 20)[0]
+    want = service.recommender.rank([Example("request", (0, 3, 7), None)], [set()], 20).items[0]
     assert [it["item_id"] for it in kept] == [catalog[i].item_id for i, _ in want]  # history items allowed
     assert len({it["item_id"] for it in kept}) == 20
 
