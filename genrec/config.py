@@ -1,7 +1,7 @@
 """Typed configuration: YAML file + dotted ``section.key=value`` overrides.
 
 One dataclass per section; every field is documented where it is declared
-(README's config reference is generated from the same comments). Validation
+(docs/config-reference.md is generated from the same comments). Validation
 happens here, before any data or model is loaded, and names the offending key.
 """
 
@@ -177,7 +177,7 @@ class DecodeConfig:
     num_beams: int = 20  # beam width of the trie-constrained search (>= the largest K asked)
     length_penalty: float = 0.0  # score = sum log p / len**length_penalty; 0 = plain sum
     batch_users: int = 8  # users decoded together in one forward
-    exclude_seen: bool = True  # never recommend items in the user's history (DESIGN §5); false = history items may be recommended again (repeat purchases count: the D3/MiniOneRec protocol), each list still holds distinct catalog items
+    exclude_seen: bool = True  # never recommend items in the user's history (docs/protocol.md); false = history items may be recommended again (repeat purchases count: the D3/MiniOneRec protocol), each list still holds distinct catalog items
     popularity_gamma: float = 0.0  # add gamma * log(training count + 1) of each item to its score, inside the trie (0 = off)
     contrastive_lambda: float = 0.0  # subtract lambda * log p(item | null history) from each item's score, inside the trie (0 = off)
     propensity_mix: float = 0.0  # rank by p(item | h) * (1 + beta * w(item)), w = 1 / training propensity capped at eval.ips_clip: the best ranking for NDCG + beta * E[w] * IPS NDCG (0 = off)
@@ -307,7 +307,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 # (A genrec key typed in the wrong section, e.g. train.seed, is suggested in its own: run.seed.)
 # They are NOT accepted: one name per setting keeps configs, saved config.yaml files and the docs unambiguous.
 # An unknown key that is one of these, or a near-miss of one ("lerning_rate"), gets "did you mean" the
-# genrec key (README, "Config reference", lists them).
+# genrec key (docs/config-reference.md lists them).
 ALIASES: dict[str, str] = {
     "learning_rate": "train.lr",
     "lr_scheduler": "train.scheduler",

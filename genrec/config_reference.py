@@ -1,6 +1,6 @@
 """The config reference, generated from the config dataclasses: every key, its default, and the comment
-written beside its declaration in genrec/config.py (plus its allowed values). README's "Config reference"
-is this table (``genrec config-reference`` prints it; tests/test_config_reference.py keeps them equal)."""
+written beside its declaration in genrec/config.py (plus its allowed values). docs/config-reference.md holds
+this table (``genrec config-reference`` prints it; tests/test_config_reference.py keeps them equal)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Evaluation under the fixed protocol (DESIGN §5), sharded over processes.
+"""Evaluation under the fixed protocol (docs/protocol.md), sharded over processes.
 
 What is evaluated is a list of cases (``genrec.data.splits.Case``): leave-one-out has one per
 user (its id is the user id, so every output keyed by case is keyed by user as before); the

@@ -16,7 +16,7 @@ a disjoint chunk's first targets would be predicted from almost no context,
 unlike at evaluation time, where the model always reads up to ``max_len`` items.
 
 Hyper-parameters are ``genrec.config.SASRecConfig`` (the ``sasrec`` config
-section); ranking follows the evaluation protocol (DESIGN §5): seen items are
+section); ranking follows the evaluation protocol (docs/protocol.md): seen items are
 excluded when the caller asks, and ``genrec.evaluation.score`` scores the lists.
 """
 

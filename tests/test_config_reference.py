@@ -1,5 +1,5 @@
-"""The config reference in README is the one generated from the config dataclasses, and every key has a
-meaning written beside its declaration."""
+"""The config reference in docs/config-reference.md is the one generated from the config dataclasses, and every
+key has a meaning written beside its declaration."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from genrec.cli import main
 from genrec.config_reference import markdown, rows
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REFERENCE = Path(__file__).resolve().parents[1] / "docs" / "config-reference.md"
 
 
 def test_every_config_key_is_documented():
@@ -16,12 +16,13 @@ def test_every_config_key_is_documented():
     assert not undocumented, f"add a comment beside these fields in genrec/config.py: {undocumented}"
 
 
-def test_readme_config_reference_is_the_generated_one():
-    text = README.read_text()
-    start = text.index("| key | default | meaning |", text.index("## Config reference"))
+def test_docs_config_reference_is_the_generated_one():
+    text = REFERENCE.read_text()
+    start = text.index("| key | default | meaning |")
     lines = text[start:].split("\n")
     table = "\n".join(lines[: next(i for i, line in enumerate(lines) if not line.startswith("|"))]) + "\n"
-    assert table == markdown(), "README's config reference is stale: paste the output of `genrec config-reference`"
+    assert table == markdown(), (
+        "docs/config-reference.md is stale: paste the output of `genrec config-reference` over its table")
 
 
 def test_cli_prints_the_reference(capsys):

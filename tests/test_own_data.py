@@ -1,4 +1,4 @@
-"""The README's "Use your own data" example: an Amazon-style CSV pair (ISO 8601 timestamps, long product
+"""The "Use your own data" example (docs/your-own-data.md): an Amazon-style CSV pair (ISO 8601 timestamps, long product
 titles) loads through the shipped config with only data.path changed."""
 
 from __future__ import annotations

@@ -368,7 +368,7 @@ def test_real_public_benchmark_files_counts():
     assert (len(office.cases("valid")), len(office.cases("test")), len(office.catalog)) == (4866, 4866, 3459)
     assert len(office.train_rows) == 9484
     repeats = sum(c.target in set(c.history) for c in office.cases("test")) / 4866
-    assert 0.02 < repeats < 0.03  # README: 2.4% of test targets are already in their history
+    assert 0.02 < repeats < 0.03  # docs/public-benchmarks.md: 2.4% of test targets are already in their history
 
 
 # --------------------------------------------------------------------------- benchmarks/public.py

@@ -17,7 +17,7 @@ BIN = Path(sys.executable).parent
 
 
 def launch(args: list[str], processes: int) -> subprocess.CompletedProcess:
-    """The README's CPU command for several processes: accelerate's multi-process launcher (on a machine
+    """docs/scaling.md's CPU command for several processes: accelerate's multi-process launcher (on a machine
     without GPUs it starts ``processes`` CPU processes over gloo; `--cpu` would start one)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     cmd = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",

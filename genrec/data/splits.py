@@ -1,4 +1,4 @@
-"""Chronological histories, the evaluation protocols and training examples (DESIGN §5).
+"""Chronological histories, the evaluation protocols and training examples (docs/protocol.md).
 
 Per user, interactions sorted by time (ties keep file order). Three protocols
 (``data.split``) say which interactions are training and which are evaluated:
