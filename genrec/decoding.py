@@ -247,11 +247,13 @@ def greedy_lines(model, prompts: list[list[int]], stop_tokens: torch.Tensor, max
 
 
 @torch.no_grad()
-def item_token_logprobs(model, prompt: list[int], index: ItemIndex, items: list[int], batch_size: int = 64):
-    """Teacher forcing: yields (item, log-probability of each of its tokens given the prompt and the tokens before)."""
+def item_token_logprobs(model, prompt: list[int], index: ItemIndex, items: list[int], batch_size: int = 64,
+                        next_logp: NextTokenLogProbs | None = None):
+    """Teacher forcing: yields (item, log-probability of each of its tokens given the prompt and the tokens before).
+    ``next_logp``: the caller's, to reuse its fp32 output layer across many calls (a copy of the whole layer)."""
     device = next(model.parameters()).device
     prefix = torch.tensor(prompt, dtype=torch.long, device=device).unsqueeze(0)
-    next_logp = NextTokenLogProbs(model)
+    next_logp = next_logp or NextTokenLogProbs(model)
     for lo in range(0, len(items), batch_size):
         chunk = items[lo: lo + batch_size]
         seqs = [index.sequences[i] for i in chunk]
@@ -354,11 +356,12 @@ def next_token_log_probs_sharing_prefixes(next_logp: NextTokenLogProbs, prompts:
 
 
 def score_items(model, prompt: list[int], index: ItemIndex, items: list[int] | None = None,
-                length_penalty: float = 0.0, batch_size: int = 64) -> torch.Tensor:
+                length_penalty: float = 0.0, batch_size: int = 64,
+                next_logp: NextTokenLogProbs | None = None) -> torch.Tensor:
     """Exact score of each item given one prompt (teacher forcing): the exhaustive reference."""
     items = list(range(index.num_items)) if items is None else items
     scores = torch.empty(len(items))
-    for row, (_, logp) in enumerate(item_token_logprobs(model, prompt, index, items, batch_size)):
+    for row, (_, logp) in enumerate(item_token_logprobs(model, prompt, index, items, batch_size, next_logp)):
         total = logp.sum().item()
         scores[row] = total / len(logp) ** length_penalty if length_penalty else total
     return scores

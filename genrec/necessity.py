@@ -19,7 +19,8 @@ from genrec.evidence import stable_hash
 def item_logprob(recommender, user_id: str, history: tuple[int, ...], item: int) -> float:
     setup = recommender.setup
     prompt = setup.encoder.prompt_ids(Example(user_id, history, None))
-    return float(score_items(recommender.model, prompt, setup.index, [item])[0])
+    # the recommender's next_logp: its fp32 output layer is made once, not once per scored (history, item)
+    return float(score_items(recommender.model, prompt, setup.index, [item], next_logp=recommender.next_logp)[0])
 
 
 def necessity(recommender, cases: list[tuple[Example, int, set[int]]], seed: int,
