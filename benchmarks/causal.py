@@ -21,7 +21,7 @@ Recipes (configs in recipes/configs/ml100k/, trained or loaded from ``<out>/seed
   training on recent windows, its own epochs) and its item-only ablation (the same config with
   prompts/next_item_atomic.yaml), scored on test three ways: item only, own generated rationale
   then item, and another user's generated rationale swapped in (a seeded derangement). Rows carry
-  the rationale metrics (genrec/rationale.py): genre match@10 (share of top-10 items with a genre
+  the rationale metrics (genrec/causal/rationale.py): genre match@10 (share of top-10 items with a genre
   the rationale names), genre precision against the history's reference rationale, exact match,
   and the swap's drop in NDCG@10 and genre match.
 SFT is also decoded two ways with no retraining (the same adapter, so the comparison with SFT is paired):
@@ -36,7 +36,7 @@ rows are then scored on every test user and averaged over the seeds (``per_seed`
 there are several). ``relative_ci95``: a paired percentile bootstrap over the test users (each user's
 NDCG averaged over the seeds first) of every row's relative change against SFT.
 ``debiased_ndcg@10`` is SNIPS-weighted NDCG@10 (propensity = training count + 1 relative to the most
-popular item, weights capped at eval.ips_clip = 100; genrec/bias_metrics.py), beside IPS, the
+popular item, weights capped at eval.ips_clip = 100; genrec/evaluation/bias.py), beside IPS, the
 intervened test (users resampled proportionally to 1 / propensity), HR@10 per target-popularity
 quintile, ARP@10, tail share and, for sft and counterfactual, the history-reliance gap: test NDCG@10
 with the user's own history minus with another user's (a seeded derangement; own seen items
@@ -65,11 +65,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from quality import recipe, trained  # noqa: E402  (the same train-or-load helpers)
 
-from genrec.bias_metrics import paired_relative_ci  # noqa: E402
+from genrec.evaluation.bias import paired_relative_ci  # noqa: E402
 from genrec.config import load_config  # noqa: E402
-from genrec.evaluation import baseline_metrics, rank_users, score  # noqa: E402
-from genrec.modeling import resolve_dtype  # noqa: E402
-from genrec.rationale import RationaleBuilder, rationale_metrics  # noqa: E402
+from genrec.evaluation.protocol import baseline_metrics, rank_users, score  # noqa: E402
+from genrec.model.loading import resolve_dtype  # noqa: E402
+from genrec.causal.rationale import RationaleBuilder, rationale_metrics  # noqa: E402
 from genrec.recommender import Recommender  # noqa: E402
 from genrec.runtime import make_accelerator, set_threads  # noqa: E402
 

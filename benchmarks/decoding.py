@@ -41,8 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genrec.config import load_config
-from genrec.evaluation import evaluation_users
-from genrec.modeling import load_adapter, load_base_model
+from genrec.evaluation.protocol import evaluation_users
+from genrec.model.loading import load_adapter, load_base_model
 from genrec.recommender import Recommender
 
 

@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genrec.config import AdapterConfig, ModelConfig
-from genrec.modeling import attach_adapter, resolve_dtype, resolve_model_path
-from genrec.batching import collate
-from genrec.loss import training_loss
+from genrec.model.loading import attach_adapter, resolve_dtype, resolve_model_path
+from genrec.training.batching import collate
+from genrec.training.loss import training_loss
 
 
 def measure(dtype_name: str, tokens: int, repeats: int) -> dict:

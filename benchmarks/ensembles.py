@@ -28,12 +28,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from genrec import sasrec  # noqa: E402
+from genrec.baselines import sasrec  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.data import load_split  # noqa: E402
-from genrec.ensemble import item_log_probs  # noqa: E402
-from genrec.evaluation import score, top_k_unseen  # noqa: E402
-from genrec.modeling import resolve_dtype  # noqa: E402
+from genrec.decoding.ensemble import item_log_probs  # noqa: E402
+from genrec.evaluation.protocol import score, top_k_unseen  # noqa: E402
+from genrec.model.loading import resolve_dtype  # noqa: E402
 from genrec.recommender import Recommender  # noqa: E402
 from genrec.runtime import make_accelerator, set_threads  # noqa: E402
 

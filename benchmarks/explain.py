@@ -6,7 +6,7 @@
         [--users 200] [--seed 42] [--retrain] [--out runs/explain] [--set KEY=VALUE ...]
 
 ``--headline`` (what `genrec serve` and `recommend.py explain=true` do): the headline recipe recommends,
-and every item of its top-10 is explained (genrec.explained) for a seeded sample of ``--users`` test
+and every item of its top-10 is explained (genrec.explain.top_k) for a seeded sample of ``--users`` test
 users. Its ranking, one user per request as the explained path ranks, is scored on every test user
 (``ndcg@10``) beside recipes/evaluate.py's batched figure (``headline_ndcg@10``, which it also runs), with
 ``distinct_top1`` and ``coverage@10``; the explanations are scored like the rows below; ``latency_s``
@@ -21,13 +21,13 @@ sample of ``--users`` test users (every user when 0), each with its test-time hi
 - ``e2_grounded`` / ``e2_free``: the model's top-1 item under the trie, then its explanation, chosen among
   the true statements the evidence supports (explain.decoding=grounded) or written greedily (free);
 - ``e1_grounded`` / ``e1_free``: the same model explaining the user's real test item (task E1);
-- ``oracle``: the rule-based reference explanation of the recommended item (genrec.explanations);
+- ``oracle``: the rule-based reference explanation of the recommended item (genrec.explain.statements);
 - ``generic``: a non-personalised template: the recommended item's genre and year, the same for every user.
 
-Every row is scored by genrec.explain_verify (item- and history-grounding precision, hallucinated-title
-rate: claims parsed from the text and checked against the data), genrec.necessity (removing the cited
+Every row is scored by genrec.explain.verify (item- and history-grounding precision, hallucinated-title
+rate: claims parsed from the text and checked against the data), genrec.explain.necessity (removing the cited
 history items vs as many random ones, re-scoring the explained item with the model by teacher forcing)
-and genrec.explain_metrics against the reference explanation of the same (user, item): BLEU-1/4,
+and genrec.explain.metrics against the reference explanation of the same (user, item): BLEU-1/4,
 ROUGE-1/2/L, USR, FMR, FCR, DIV. Generated rows are written as (user, item, rating, feature,
 explanation) records to ``<out>/explanations.jsonl``.
 Last line: JSON with the headline E2 row (explain.decoding of the config) at the top level —
@@ -50,11 +50,11 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from quality import recipe, trained  # noqa: E402  (the same train-or-load helpers)
 
 from genrec.config import load_config  # noqa: E402
-from genrec.evaluation import evaluation_users  # noqa: E402
-from genrec.explain_metrics import text_metrics  # noqa: E402
-from genrec.explain_verify import ExplanationVerifier, grounding_metrics  # noqa: E402
-from genrec.modeling import resolve_dtype  # noqa: E402
-from genrec.necessity import necessity  # noqa: E402
+from genrec.evaluation.protocol import evaluation_users  # noqa: E402
+from genrec.explain.metrics import text_metrics  # noqa: E402
+from genrec.explain.verify import ExplanationVerifier, grounding_metrics  # noqa: E402
+from genrec.model.loading import resolve_dtype  # noqa: E402
+from genrec.explain.necessity import necessity  # noqa: E402
 from genrec.recommender import Recommender  # noqa: E402
 from genrec.runtime import make_accelerator, set_threads  # noqa: E402
 from genrec.io import atomic_write_text  # noqa: E402
@@ -87,8 +87,8 @@ def explain_headline(args) -> dict:
 
     from tqdm.auto import tqdm
 
-    from genrec.evaluation import score
-    from genrec.explained import RankingExplainer
+    from genrec.evaluation.protocol import score
+    from genrec.explain.top_k import RankingExplainer
 
     config = args.config or "recipes/configs/ml100k/smollm2_atomic.yaml"
     folder = Path(args.out) / "model"

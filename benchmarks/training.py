@@ -48,9 +48,9 @@ def examples(history: int, count: int):
 
 def worker(mode: str, steps: int, batch: int, history: int) -> dict:
     from genrec.config import AdapterConfig, ModelConfig
-    from genrec.modeling import attach_adapter, load_base_model
-    from genrec.batching import collate
-    from genrec.loss import training_loss
+    from genrec.model.loading import attach_adapter, load_base_model
+    from genrec.training.batching import collate
+    from genrec.training.loss import training_loss
     from genrec.runtime import peak_rss_mb
 
     setup, rows = examples(history, (steps + 1) * batch)
@@ -142,7 +142,7 @@ def main() -> None:
     from transformers import AutoConfig
 
     from genrec.config import ModelConfig
-    from genrec.modeling import resolve_model_path
+    from genrec.model.loading import resolve_model_path
 
     config = AutoConfig.from_pretrained(str(resolve_model_path(ModelConfig())))
     embed = config.vocab_size * config.hidden_size

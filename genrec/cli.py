@@ -22,13 +22,13 @@ from genrec.errors import GenrecError
 def _validate(args) -> None:
     from genrec.config import Config
     from genrec.data import load_split
-    from genrec.prompts import PromptTemplate
+    from genrec.prompts.template import PromptTemplate
 
     for path in args.files:
         template = PromptTemplate.load(path)
         if args.config:
             cfg = load_config(args.config, [])
-            # semantic codes are made from item embeddings (genrec.semantic_ids); validating a template needs
+            # semantic codes are made from item embeddings (genrec.items.semantic_ids); validating a template needs
             # no model, so it renders atomic tokens in their place: both are strings of added tokens
             identifier = "atomic" if cfg.items.identifier == "semantic" else cfg.items.identifier
             template.check(load_split(cfg).catalog, identifier)
@@ -85,8 +85,8 @@ def _explanations(args) -> None:
     PETER / PEPLER layout, plus the family and the history items cited — built from the data, no model."""
     from genrec.data import load_split
     from genrec.data.splits import sliding_windows
-    from genrec.evidence import EvidenceBuilder
-    from genrec.explanations import Explainer
+    from genrec.explain.evidence import EvidenceBuilder
+    from genrec.explain.statements import Explainer
     from genrec.io import atomic_write_text
 
     cfg = load_config(args.config, args.overrides)
@@ -111,7 +111,7 @@ def _explanations(args) -> None:
 
 def _serve(args) -> None:
     from genrec.runtime import set_threads, setup_logging
-    from genrec.server import serve
+    from genrec.serving.app import serve
 
     set_threads()
     setup_logging()

@@ -161,7 +161,7 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-clock budget of the training loop: after its first steps the run times itself and cuts its step count (the schedule follows) to fit; if it still overruns it halts at the budget with a resumable checkpoint
     init_adapter: str | None = None  # start from this adapter folder's weights (incremental update; the reference of train.loss=softmax_dpo)
     examples: int | None = None  # train on a seeded sample of this many training examples (few-shot; null = all)
-    ensemble: int = 1  # > 1 (atomic ids): train this many members (seeds run.seed + 1000k) and rank by their mean log-probability (genrec.ensemble)
+    ensemble: int = 1  # > 1 (atomic ids): train this many members (seeds run.seed + 1000k) and rank by their mean log-probability (genrec.decoding.ensemble)
     loss: str = "ce"  # ce: cross-entropy on the completion | softmax_dpo: one positive vs train.negatives sampled items against the train.init_adapter reference (atomic ids)
     negatives: int = 16  # softmax_dpo: sampled negative items per target (uniform over items not in the training window)
     dpo_beta: float = 1.0  # softmax_dpo: inverse temperature of the log-ratio margins
@@ -205,7 +205,7 @@ class RecommendConfig:
 
 @dataclass
 class ExplainConfig:
-    """Explained recommendations: the evidence behind an explanation (genrec.evidence) and how the model writes it."""
+    """Explained recommendations: the evidence behind an explanation (genrec.explain.evidence) and how the model writes it."""
     genre_field: str | None = "class"  # item field holding space-separated genres (ml-100k: class)
     year_field: str | None = "release_year"  # item field holding the year
     recent: int = 10  # the user's genre affinity and counted claims cover the last N items of the history
@@ -222,7 +222,7 @@ class ExplainConfig:
 
 @dataclass
 class ReasonConfig:
-    """Reason-then-recommend: the rationale a template's 'rationale' key writes before the item (genrec.rationale)."""
+    """Reason-then-recommend: the rationale a template's 'rationale' key writes before the item (genrec.causal.rationale)."""
     genre_field: str | None = "class"  # item field holding space-separated genres (ml-100k: class); null = no genre part
     year_field: str | None = "release_year"  # item field holding the year; null = no decade part
     top_genres: int = 2  # genres named, with their counts in the history
@@ -274,7 +274,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-BASELINES = ("popularity",)  # the non-LLM systems genrec.baselines implements
+BASELINES = ("popularity",)  # the non-LLM systems genrec.baselines.popularity implements
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.format": ("atomic", "csv", "tsv", "jsonl", "parquet", "sequences", "minionerec"),
     "data.split": ("leave_one_out", "temporal", "files"),

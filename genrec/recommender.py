@@ -17,26 +17,28 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from genrec import explanations, multitask, pointwise, rationale
-from genrec.causal_priors import CausalPriors
+from genrec.causal import rationale
+from genrec.explain import statements
+from genrec.paradigms import multitask, pointwise
+from genrec.causal.priors import CausalPriors
 from genrec.config import Config
 from genrec.data import Split, load_split
 from genrec.data.splits import Example, training_examples
-from genrec.decode_options import DecodeOptions, DecodingPrior
-from genrec.decoding import NextTokenLogProbs, constrained_topk, greedy_lines
-from genrec.encoding import Encoder
-from genrec.ensemble import ensemble_topk, mean_item_log_probs, member_adapter, member_folders
+from genrec.decoding.options import DecodeOptions, DecodingPrior
+from genrec.decoding.search import NextTokenLogProbs, constrained_topk, greedy_lines
+from genrec.prompts.encoding import Encoder
+from genrec.decoding.ensemble import ensemble_topk, mean_item_log_probs, member_adapter, member_folders
 from genrec.errors import CheckpointError
-from genrec.evidence import EvidenceBuilder
-from genrec.explaining import explain
-from genrec.explanations import Explainer
-from genrec.item_tokens import add_item_tokens, atomic_names, grow_embeddings
-from genrec.items import ItemIndex
-from genrec.modeling import load_adapter, load_base_model, load_tokenizer, resolve_model_path
-from genrec.prompts import PromptFormatter, PromptTemplate
-from genrec.rationale import RationaleBuilder
-from genrec.semantic_ids import CODES_FILE, SemanticCodes, codes_for_run, llm_embeddings
-from genrec.checkpoint import TEMPLATE_FILE, read_info
+from genrec.explain.evidence import EvidenceBuilder
+from genrec.explain.generation import explain
+from genrec.explain.statements import Explainer
+from genrec.items.tokens import add_item_tokens, atomic_names, grow_embeddings
+from genrec.items.index import ItemIndex
+from genrec.model.loading import load_adapter, load_base_model, load_tokenizer, resolve_model_path
+from genrec.prompts.template import PromptFormatter, PromptTemplate
+from genrec.causal.rationale import RationaleBuilder
+from genrec.items.semantic_ids import CODES_FILE, SemanticCodes, codes_for_run, llm_embeddings
+from genrec.training.checkpoint import TEMPLATE_FILE, read_info
 
 @dataclass
 class Setup:
@@ -68,7 +70,7 @@ class Setup:
         return RationaleBuilder(self.split, self.cfg.reason).attach(examples)
 
     def load_model(self, for_training: bool = False, device=None):
-        """The base model on ``device`` (see ``genrec.modeling.placement``), grown by one embedding row per added
+        """The base model on ``device`` (see ``genrec.model.loading.placement``), grown by one embedding row per added
         item token (atomic or semantic ids)."""
         model = load_base_model(self.cfg.model, self.model_path, for_training=for_training, device=device,
                                 gradient_checkpointing=for_training and self.cfg.train.gradient_checkpointing)
@@ -99,7 +101,7 @@ def next_item_examples(setup: Setup, examples: list[Example]) -> list[Example]:
 # Extension point: the training set is built by these, in order. Each takes the setup and the examples so far
 # and returns them (extended, annotated or unchanged when its variant is off), checking its own settings.
 EXAMPLE_BUILDERS = (pointwise.build_examples, next_item_examples, multitask.build_examples,
-                    rationale.build_examples, explanations.build_examples)
+                    rationale.build_examples, statements.build_examples)
 
 
 def prepare(cfg: Config, template: PromptTemplate | None = None, checkpoint: Path | None = None) -> Setup:
@@ -184,9 +186,9 @@ class Recommender:
     def __init__(self, model, setup: Setup, members: list[str] | None = None, options: DecodeOptions | None = None,
                  prior: DecodingPrior | None = None):
         """``options``: how ``rank`` decodes unless a call passes its own (default: the config's, read once here).
-        ``prior``: the node prior added inside the search (default: the causal one, genrec.causal_priors)."""
+        ``prior``: the node prior added inside the search (default: the causal one, genrec.causal.priors)."""
         self.model, self.setup = model, setup
-        # an ensemble's adapters (genrec.ensemble), all on ``model``; ranking switches between them, everything
+        # an ensemble's adapters (genrec.decoding.ensemble), all on ``model``; ranking switches between them, everything
         # else (explanations, rationales, the null prior) runs with the first
         self.members = members or [None]
         self.options = options or DecodeOptions.from_config(setup.cfg)
@@ -207,7 +209,7 @@ class Recommender:
         model = setup.load_model(device=device)
         if folder is None:
             return cls(model.eval(), setup), folder
-        folders = member_folders(folder)[: cfg.decode.members]  # one folder, or an ensemble's (genrec.ensemble)
+        folders = member_folders(folder)[: cfg.decode.members]  # one folder, or an ensemble's (genrec.decoding.ensemble)
         for member in folders:
             info = read_info(member)
             if info.get("item_index") != setup.index.fingerprint:
@@ -230,7 +232,7 @@ class Recommender:
     def item_log_probs(self, prompts: list[list[int]], shared_prefix: bool = False) -> torch.Tensor:
         """[prompts, items]: log p(item | prompt) of one-token items (atomic ids) from one batched forward
         (an ensemble: the members' mean), without the decoding priors. ``shared_prefix``: the prompts share
-        long prefixes with the first (read once, genrec.packed)."""
+        long prefixes with the first (read once, genrec.decoding.packed)."""
         return mean_item_log_probs(self.model, prompts, self.setup.index, self.setup.tokenizer.pad_token_id,
                                    self.members, self.next_logp, shared_prefix)
 
@@ -291,5 +293,5 @@ class Recommender:
 
     def explain(self, examples: list[Example], items: list[int], decoding: str | None = None,
                 progress: bool = False) -> list[str]:
-        """The explanation of ``items[i]`` for ``examples[i]`` (genrec.explaining; explain.* settings)."""
+        """The explanation of ``items[i]`` for ``examples[i]`` (genrec.explain.generation; explain.* settings)."""
         return explain(self, examples, items, decoding, progress)

@@ -16,7 +16,7 @@ start=$(date +%s)
 # Time budgets keep the whole demo within 30 minutes on any 2-core CPU: the recipe's 380 steps take ~19 min
 # where bf16 is native (AMX / avx512_bf16); in fp32 on AVX2-only CPUs a step takes ~4x longer, so after its
 # first steps the run times itself and trains only the steps that fit (train.max_minutes).
-if [ "$($BIN/python -c 'from genrec.modeling import resolve_dtype; print(resolve_dtype("auto"))')" = "torch.float32" ]; then
+if [ "$($BIN/python -c 'from genrec.model.loading import resolve_dtype; print(resolve_dtype("auto"))')" = "torch.float32" ]; then
   TRAIN_MINUTES=${TRAIN_MINUTES:-17}  # no native bf16: evaluation is slower too, so training gets less of the 30 minutes
 else
   TRAIN_MINUTES=${TRAIN_MINUTES:-20}

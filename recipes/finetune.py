@@ -11,7 +11,7 @@ Setup (validate data/template, tokenize, load model, attach adapter) → train
 validation) → save (atomic checkpoints with adapter, optimizer/scheduler/RNG state,
 config and prompt template). With train.ensemble = N > 1 the same run is repeated for members
 1..N-1 (seeds run.seed + 1000k, in <output_dir>/members/<k>/), then their adapters are copied into
-<output_dir>/adapter/ (genrec.ensemble); run.resume=true resumes whichever member was interrupted.
+<output_dir>/adapter/ (genrec.decoding.ensemble); run.resume=true resumes whichever member was interrupted.
 """
 
 from __future__ import annotations
@@ -31,25 +31,25 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from genrec import __version__
-from genrec.batching import epoch_batches, to_device
-from genrec.checkpoint import (STATE_DIR, checkpoint_dirs, load_training_state, prune_checkpoints, read_info,
+from genrec.training.batching import epoch_batches, to_device
+from genrec.training.checkpoint import (STATE_DIR, checkpoint_dirs, load_training_state, prune_checkpoints, read_info,
                                rng_state, write_checkpoint)
 from genrec.config import load_config, parse_cli, save_config
-from genrec.counterfactual import CounterfactualLoss, NullHistory
-from genrec.encoding import IGNORE_INDEX, tokenize_workers, tokenized_dataset, training_data_fingerprint
-from genrec.ensemble import assemble, member_configs
+from genrec.causal.counterfactual import CounterfactualLoss, NullHistory
+from genrec.prompts.encoding import IGNORE_INDEX, tokenize_workers, tokenized_dataset, training_data_fingerprint
+from genrec.decoding.ensemble import assemble, member_configs
 from genrec.errors import CheckpointError, ConfigError, DataError
-from genrec.evaluation import evaluation_cases, period_start, rank_cases, score_cases
-from genrec.loss import CrossEntropy, LossTerm, TrainingObjective, training_batch
-from genrec.metrics_log import MetricsLog
-from genrec.modeling import attach_adapter, resolve_dtype
-from genrec.multitask import label_weights
-from genrec.pointwise import answer_token_ids, evaluation_examples, preference_scores, roc_auc, sharded_scores
-from genrec.preference import SoftmaxDPO
-from genrec.popularity import PopularityPriorLoss, candidate_prior, training_weights
+from genrec.evaluation.protocol import evaluation_cases, period_start, rank_cases, score_cases
+from genrec.training.loss import CrossEntropy, LossTerm, TrainingObjective, training_batch
+from genrec.training.metrics_log import MetricsLog
+from genrec.model.loading import attach_adapter, resolve_dtype
+from genrec.paradigms.multitask import label_weights
+from genrec.paradigms.pointwise import answer_token_ids, evaluation_examples, preference_scores, roc_auc, sharded_scores
+from genrec.paradigms.preference import SoftmaxDPO
+from genrec.causal.popularity import PopularityPriorLoss, candidate_prior, training_weights
 from genrec.recommender import Recommender, prepare
 from genrec.runtime import make_accelerator, model_device, peak_rss_mb, run, set_threads, setup_logging
-from genrec import sharding
+from genrec.training import sharding
 
 log = logging.getLogger("genrec")
 BEST_DIR = "best"  # train.select_best: the weights of the best validation so far
@@ -131,7 +131,7 @@ def candidate_levels(setup, candidates: torch.Tensor | None) -> torch.Tensor | N
 
 
 def loss_terms(cfg, setup, candidates: torch.Tensor | None, preference: SoftmaxDPO | None) -> list[LossTerm]:
-    """The run's loss as named terms (genrec.loss): S-DPO (train.loss=softmax_dpo) or the cross-entropy, the
+    """The run's loss as named terms (genrec.training.loss): S-DPO (train.loss=softmax_dpo) or the cross-entropy, the
     latter with the popularity term in its logits (train.popularity_prior), plus the counterfactual term
     (train.counterfactual_alpha)."""
     if preference is not None:

@@ -5,9 +5,9 @@
     python recipes/recommend.py --config recipes/configs/ml100k/smollm2_atomic.yaml recommend.user_id=1 explain=true
 
 Writes ``recommendations.jsonl`` (rows ``{user_id, rank, item_id, title, score}``, plus ``explanation``,
-``claims``, ``claims_true`` — its claims as genrec.explain_verify parses and checks them — and ``cited``
+``claims``, ``claims_true`` — its claims as genrec.explain.verify parses and checks them — and ``cited``
 with ``explain=true`` / ``recommend.explain=true``: the model's own top-K, each item explained by
-genrec.explained) in run.output_dir and prints a table. Every item is a real catalog item; items in
+genrec.explain.top_k) in run.output_dir and prints a table. Every item is a real catalog item; items in
 the history are never recommended (decode.exclude_seen).
 """
 
@@ -23,7 +23,7 @@ from genrec.config import load_config, parse_cli
 from genrec.data.catalog import Catalog
 from genrec.data.splits import Example, Split
 from genrec.errors import ConfigError, DataError, suggest
-from genrec.explained import RankingExplainer, explanation_template
+from genrec.explain.top_k import RankingExplainer, explanation_template
 from genrec.recommender import Recommender
 from genrec.runtime import run, set_threads, setup_logging
 from genrec.io import atomic_write_text
@@ -72,7 +72,7 @@ def main(argv: list[str]) -> list[dict]:
     why = {"rationale": recommender.decode_rationale(ranking.rationales[0])} if ranking.rationales is not None else {}
     rows = [{"user_id": example.user_id, "rank": r, "item_id": split.catalog[i].item_id,
              "title": split.catalog[i].text, "score": round(s, 4), **why} for r, (i, s) in enumerate(ranked, start=1)]
-    if cfg.recommend.explain:  # the model's own ranking, each item with its grounded line (genrec.explained)
+    if cfg.recommend.explain:  # the model's own ranking, each item with its grounded line (genrec.explain.top_k)
         for row, explained in zip(rows, RankingExplainer(recommender)(example, ranked)):
             row.update(explanation=explained.explanation, claims=len(explained.claims),
                        claims_true=explained.claims_true, cited=[split.catalog[i].text for i in explained.cited])

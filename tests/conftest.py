@@ -55,7 +55,7 @@ def tiny_overrides(tiny_model_dir, toy_data_dir, tmp_path) -> list[str]:
 def tiny_title_setup(tiny_model_dir, toy_data_dir):
     """(Setup, untuned tiny model in eval mode) for title identifiers on the toy data: a multi-level trie."""
     from genrec.config import load_config
-    from genrec.modeling import load_base_model
+    from genrec.model.loading import load_base_model
     from genrec.recommender import prepare
 
     cfg = load_config(None, [f"data.path={toy_data_dir}", "data.dataset=toy", "data.max_history=5",

@@ -4,7 +4,7 @@ unsharded in each process (tests/test_multiprocess.py starts this with 2 process
 accelerate enables FSDP only on GPUs, so the sharding is applied here directly with ``fully_shard``, as
 accelerate's FSDP2 preparation does (each decoder layer, then the root), to genrec's TrainingObjective over
 a LoRA + item-token adapter. Checked: the sharded loss and one optimizer step equal the unsharded ones,
-``genrec.sharding`` gathers the adapter and round-trips the optimizer state, and validation-style decoding
+``genrec.training.sharding`` gathers the adapter and round-trips the optimizer state, and validation-style decoding
 of every user (``whole_model``, every process in step) ranks as the unsharded model does. Process 0 writes
 <out>/fsdp.json.
 
@@ -35,13 +35,13 @@ def main() -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from genrec import sharding
+    from genrec.training import sharding
     from genrec.config import AdapterConfig, load_config
-    from genrec.evaluation import rank_users
-    from genrec.modeling import attach_adapter
+    from genrec.evaluation.protocol import rank_users
+    from genrec.model.loading import attach_adapter
     from genrec.recommender import Recommender, prepare
-    from genrec.batching import collate
-    from genrec.loss import TrainingObjective
+    from genrec.training.batching import collate
+    from genrec.training.loss import TrainingObjective
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()

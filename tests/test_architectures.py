@@ -54,9 +54,9 @@ def test_trains_and_decodes_real_items(model_dirs, toy_data_dir, tmp_path, arch,
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_shared_prefix_attention_equals_the_plain_cache(model_dirs, toy_data_dir, arch):
-    from genrec.decoding import constrained_topk
-    from genrec.modeling import load_base_model
-    from genrec.shared_prefix import supports
+    from genrec.decoding.search import constrained_topk
+    from genrec.model.loading import load_base_model
+    from genrec.decoding.shared_prefix import supports
 
     setup = setup_for(model_dirs[arch], toy_data_dir)
     model = load_base_model(setup.cfg.model, setup.model_path).eval()
@@ -76,7 +76,7 @@ def test_shared_prefix_attention_equals_the_plain_cache(model_dirs, toy_data_dir
 def test_shared_prefix_is_refused_where_it_would_not_be_exact():
     from types import SimpleNamespace
 
-    from genrec.shared_prefix import supports
+    from genrec.decoding.shared_prefix import supports
 
     def model(**config):
         return SimpleNamespace(config=SimpleNamespace(**config))
@@ -94,10 +94,10 @@ def test_item_softmax_rows_equal_the_models_own_logits(model_dirs, toy_data_dir,
     """candidate_logits multiplies only the item rows (with peft's trained rows) where the architecture's
     logits are its plain output layer; the result must equal the full logits at those columns."""
     from genrec.config import AdapterConfig
-    from genrec.modeling import attach_adapter
-    from genrec.output_head import plain_head
-    from genrec.batching import collate
-    from genrec.loss import candidate_logits
+    from genrec.model.loading import attach_adapter
+    from genrec.model.output_head import plain_head
+    from genrec.training.batching import collate
+    from genrec.training.loss import candidate_logits
 
     setup = setup_for(model_dirs[arch], toy_data_dir, "items.identifier=atomic",
                       "prompt.template=prompts/next_item_atomic.yaml")

@@ -12,17 +12,17 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from genrec import sasrec
+from genrec.baselines import sasrec
 from genrec.config import AdapterConfig, load_config
 from genrec.data import load_split, sequence_windows
 from genrec.data.splits import Example
-from genrec.encoding import IGNORE_INDEX
+from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.errors import ConfigError, TemplateError
-from genrec.item_tokens import add_item_tokens, atomic_names, grow_embeddings
-from genrec.modeling import attach_adapter
+from genrec.items.tokens import add_item_tokens, atomic_names, grow_embeddings
+from genrec.model.loading import attach_adapter
 from genrec.recommender import prepare
-from genrec.batching import collate
-from genrec.loss import completion_loss
+from genrec.training.batching import collate
+from genrec.training.loss import completion_loss
 
 from helpers_recipes import load_recipe
 

@@ -14,19 +14,19 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from genrec.bias_metrics import bias_metrics, head_items, paired_relative_ci, propensity_weights
+from genrec.evaluation.bias import bias_metrics, head_items, paired_relative_ci, propensity_weights
 from genrec.config import load_config
 from genrec.data import load_split
 from genrec.data.splits import Example, Split
-from genrec.decode_options import DecodeOptions
-from genrec.decoding import constrained_topk, score_items
-from genrec.encoding import IGNORE_INDEX
+from genrec.decoding.options import DecodeOptions
+from genrec.decoding.search import constrained_topk, score_items
+from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.errors import ConfigError
-from genrec.popularity import (PopularityPriorLoss, TargetWeights, candidate_prior, inverse_popularity_weights,
+from genrec.causal.popularity import (PopularityPriorLoss, TargetWeights, candidate_prior, inverse_popularity_weights,
                                smoothed, training_weights)
 from genrec.recommender import prepare
-from genrec.batching import collate
-from genrec.loss import CrossEntropy, completion_loss, training_batch
+from genrec.training.batching import collate
+from genrec.training.loss import CrossEntropy, completion_loss, training_batch
 
 from helpers_recipes import load_recipe
 
@@ -195,7 +195,7 @@ def test_max_below_telescopes_to_the_item_value_and_never_rises(tiny):
 def test_propensity_mix_inside_beam_search_ranks_by_p_times_one_plus_beta_w(tiny):
     """decode.propensity_mix: the exact top-k of p(item) * (1 + beta * w(item)), w the clipped inverse
     propensity of the debiased metric, whatever the number of steps per item."""
-    from genrec.causal_priors import CausalPriors
+    from genrec.causal.priors import CausalPriors
 
     setup, model = tiny
     beta = 0.5
@@ -421,7 +421,7 @@ def _title_rows(setup, n=4):
 
 
 def test_cft_loss_equals_sft_loss_at_alpha_zero_and_adds_the_counterfactual_term(tiny):
-    from genrec.counterfactual import CounterfactualLoss, NullHistory
+    from genrec.causal.counterfactual import CounterfactualLoss, NullHistory
 
     setup, model = tiny
     rows = _title_rows(setup)
@@ -454,7 +454,7 @@ def test_cft_loss_equals_sft_loss_at_alpha_zero_and_adds_the_counterfactual_term
 
 
 def test_cft_sequence_objective_subtracts_the_empty_history_prediction(tiny_overrides):
-    from genrec.counterfactual import CounterfactualLoss, NullHistory
+    from genrec.causal.counterfactual import CounterfactualLoss, NullHistory
     from genrec.data import sequence_windows
 
     overrides = [o for o in tiny_overrides if not o.startswith("prompt.template=")]
@@ -482,7 +482,7 @@ def test_cft_sequence_objective_subtracts_the_empty_history_prediction(tiny_over
 
 
 def test_contrastive_decoding_equals_exhaustive_contrast(tiny):
-    from genrec.counterfactual import null_node_prior
+    from genrec.causal.counterfactual import null_node_prior
 
     setup, model = tiny
     null_prompt = setup.encoder.prompt_ids(Example("", (), None))

@@ -1,4 +1,4 @@
-"""Decoding settings as a frozen value (genrec.decode_options): read once from the config, varied per call by
+"""Decoding settings as a frozen value (genrec.decoding.options): read once from the config, varied per call by
 ``dataclasses.replace`` without touching the config, and the decoding-prior extension point."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from genrec.causal_priors import CausalPriors
+from genrec.causal.priors import CausalPriors
 from genrec.config import load_config
-from genrec.decode_options import DecodeOptions
-from genrec.decoding import constrained_topk
-from genrec.evaluation import rank_users
-from genrec.popularity import smoothed
+from genrec.decoding.options import DecodeOptions
+from genrec.decoding.search import constrained_topk
+from genrec.evaluation.protocol import rank_users
+from genrec.causal.popularity import smoothed
 from genrec.recommender import Recommender
 
 

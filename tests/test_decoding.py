@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from genrec.config import load_config
-from genrec.decoding import constrained_topk, score_items, topn_per_group
-from genrec.modeling import load_base_model
+from genrec.decoding.search import constrained_topk, score_items, topn_per_group
+from genrec.model.loading import load_base_model
 from genrec.recommender import prepare
 
 
@@ -167,7 +167,7 @@ def test_output_layer_runs_in_fp32_under_a_bf16_body(tiny_model_dir):
     """bf16 logits of large magnitude sit on a coarse grid; the fp32 head keeps log-probs close to fp32's."""
     from transformers import AutoModelForCausalLM
 
-    from genrec.decoding import NextTokenLogProbs
+    from genrec.decoding.search import NextTokenLogProbs
 
     ref = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     with torch.no_grad():

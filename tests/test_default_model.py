@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from genrec.config import load_config
-from genrec.decoding import constrained_topk
-from genrec.modeling import load_base_model
+from genrec.decoding.search import constrained_topk
+from genrec.model.loading import load_base_model
 from genrec.recommender import prepare
 
 pytestmark = pytest.mark.e2e

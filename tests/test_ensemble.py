@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from genrec.config import load_config
-from genrec.decoding import constrained_topk
-from genrec.ensemble import MANIFEST, ensemble_topk, member_configs, member_folders
+from genrec.decoding.search import constrained_topk
+from genrec.decoding.ensemble import MANIFEST, ensemble_topk, member_configs, member_folders
 from genrec.errors import CheckpointError, ConfigError
 from genrec.recommender import prepare
 
@@ -48,7 +48,7 @@ def test_ensemble_config_errors(tiny_overrides):
 def two_models(tiny_model_dir, toy_data_dir, tmp_path_factory):
     """An atomic setup, the untuned base, and two different adapters (LoRA and item rows) saved as folders."""
     from genrec.config import AdapterConfig
-    from genrec.modeling import attach_adapter
+    from genrec.model.loading import attach_adapter
 
     cfg = load_config(None, atomic([f"data.path={toy_data_dir}", "data.dataset=toy", "data.max_history=5",
                                     f"model.name_or_path={tiny_model_dir}", "model.dtype=float32"]))
@@ -67,7 +67,7 @@ def two_models(tiny_model_dir, toy_data_dir, tmp_path_factory):
 
 
 def merged(setup, folder):
-    from genrec.modeling import load_adapter
+    from genrec.model.loading import load_adapter
 
     return load_adapter(setup.load_model(), folder).merge_and_unload().eval()
 
@@ -103,8 +103,8 @@ def test_ensemble_of_one_ranks_like_the_beam_search(two_models, num_beams, lengt
 def test_ensemble_ranks_by_the_mean_log_probability(two_models):
     """Two adapters on one base model, switched per forward, rank by the mean of what each adapter merged
     into its own copy of the base gives, one unpadded prompt at a time."""
-    from genrec.ensemble import member_adapter
-    from genrec.modeling import load_adapter
+    from genrec.decoding.ensemble import member_adapter
+    from genrec.model.loading import load_adapter
 
     setup, _, folders = two_models
     prompts, excluded = prompts_and_exclusions(setup)
@@ -134,8 +134,8 @@ def test_ensemble_ranks_by_the_mean_log_probability(two_models):
 def test_an_ensemble_recommender_ranks_by_the_options_it_is_given(two_models):
     """decode.trie_normalize reaches an ensemble's ranking: each member's log p(item | the output is a catalog
     item), averaged; the config's own setting (off) stays as it was."""
-    from genrec.ensemble import member_adapter
-    from genrec.modeling import load_adapter
+    from genrec.decoding.ensemble import member_adapter
+    from genrec.model.loading import load_adapter
     from genrec.recommender import Recommender
 
     setup, _, folders = two_models

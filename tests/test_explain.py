@@ -15,15 +15,15 @@ import torch
 from genrec.config import ExplainConfig, load_config
 from genrec.data.catalog import Catalog
 from genrec.data.splits import Example, Split
-from genrec.decoding import score_items
-from genrec.encoding import IGNORE_INDEX
+from genrec.decoding.search import score_items
+from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.errors import ConfigError, TemplateError
-from genrec.evidence import EvidenceBuilder
-from genrec.explain_verify import ExplanationVerifier, grounding_metrics
-from genrec.explanations import BANKS, Explainer
-from genrec.items import ItemIndex
-from genrec import necessity as necessity_module
-from genrec.prompts import PromptTemplate
+from genrec.explain.evidence import EvidenceBuilder
+from genrec.explain.verify import ExplanationVerifier, grounding_metrics
+from genrec.explain.statements import BANKS, Explainer
+from genrec.items.index import ItemIndex
+from genrec.explain import necessity as necessity_module
+from genrec.prompts.template import PromptTemplate
 
 from helpers_recipes import load_recipe
 
@@ -244,7 +244,7 @@ def test_grounded_decoding_is_the_best_scored_true_statement(tiny_overrides):
 
 
 def test_shared_prompt_scoring_equals_scoring_each_sequence_alone(tiny_title_setup):
-    from genrec.decoding import score_continuations
+    from genrec.decoding.search import score_continuations
 
     setup, model = tiny_title_setup
     prompt = setup.encoder.prompt_ids(setup.split.example(setup.split.eval_users[0], "test", 5))
@@ -256,7 +256,7 @@ def test_shared_prompt_scoring_equals_scoring_each_sequence_alone(tiny_title_set
 
 
 def test_faithful_selection_cites_the_evidence_the_model_relies_on(tiny_overrides, monkeypatch):
-    import genrec.explaining as explaining
+    import genrec.explain.generation as explaining
     from genrec.recommender import Recommender
 
     cfg = load_config(None, [*tiny_overrides, f"prompt.template={EXPLAIN}", "items.identifier=atomic",

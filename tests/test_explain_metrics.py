@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from genrec.explain_metrics import (
+from genrec.explain.metrics import (
     bleu,
     feature_coverage_ratio,
     feature_diversity,

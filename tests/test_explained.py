@@ -1,4 +1,4 @@
-"""Explaining a recommender's own ranking (genrec.explained): the headline atomic recipe, whose template writes
+"""Explaining a recommender's own ranking (genrec.explain.top_k): the headline atomic recipe, whose template writes
 no explanation, explains its top-K with true statements only; faithful selection cites what the recommending
 model relies on; the wording is the likeliest line; one packed forward scores every item's lines exactly."""
 
@@ -42,7 +42,7 @@ def cases(recommender, n: int = 5):
 def test_one_packed_forward_scores_every_line_as_its_own_continuation(tiny_model_dir, implementation):
     from transformers import AutoModelForCausalLM
 
-    from genrec.decoding import score_branches, score_continuations
+    from genrec.decoding.search import score_branches, score_continuations
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32,
                                                  attn_implementation=implementation).eval()
@@ -61,7 +61,7 @@ def test_one_packed_forward_scores_every_line_as_its_own_continuation(tiny_model
 
 
 def test_the_headline_model_explains_its_own_ranking_with_true_statements(headline):
-    from genrec.explained import RankingExplainer
+    from genrec.explain.top_k import RankingExplainer
 
     _, recommender = headline
     setup = recommender.setup
@@ -86,7 +86,7 @@ def test_the_headline_model_explains_its_own_ranking_with_true_statements(headli
 
 
 def test_faithful_selection_cites_the_set_whose_removal_lowers_the_item_most(headline, monkeypatch):
-    from genrec.explained import RankingExplainer
+    from genrec.explain.top_k import RankingExplainer
 
     _, recommender = headline
     explainer = RankingExplainer(recommender)
@@ -123,8 +123,8 @@ def test_faithful_selection_cites_the_set_whose_removal_lowers_the_item_most(hea
 def test_the_chosen_line_is_the_likeliest_under_the_explanation_template(headline):
     from dataclasses import replace
 
-    from genrec.decoding import score_continuations
-    from genrec.explained import RankingExplainer
+    from genrec.decoding.search import score_continuations
+    from genrec.explain.top_k import RankingExplainer
 
     _, recommender = headline
     setup = recommender.setup
@@ -154,8 +154,8 @@ def test_the_chosen_line_is_the_likeliest_under_the_explanation_template(headlin
 
 
 def test_a_list_repeats_a_line_only_when_an_item_has_no_other():
-    from genrec.explained import distinct_picks
-    from genrec.explanations import Explanation
+    from genrec.explain.top_k import distinct_picks
+    from genrec.explain.statements import Explanation
 
     a, b, c = (Explanation("family", text, None) for text in ("A", "B", "C"))
     picks = distinct_picks([[a, b], [a, b], [a, c], [a], []],

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from genrec.errors import DataError
-from genrec.items import ItemIndex
+from genrec.items.index import ItemIndex
 
 END = 99
 

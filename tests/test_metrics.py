@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 import torch
 
-from genrec.baselines import most_popular_unseen
+from genrec.baselines.popularity import most_popular_unseen
 from genrec.config import load_config
 from genrec.data.catalog import Catalog
 from genrec.data.splits import build_split
-from genrec.evaluation import baseline_metrics, evaluation_users, shard_batches
-from genrec.metrics import rank_of, ranking_metrics
-from genrec.batching import collate, epoch_batches
+from genrec.evaluation.protocol import baseline_metrics, evaluation_users, shard_batches
+from genrec.evaluation.metrics import rank_of, ranking_metrics
+from genrec.training.batching import collate, epoch_batches
 from genrec.io import atomic_folder, atomic_path, atomic_write_text
-from genrec.metrics_log import MetricsLog
+from genrec.training.metrics_log import MetricsLog
 
 # --------------------------------------------------------------------------- ranking metrics
 

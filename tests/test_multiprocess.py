@@ -138,7 +138,7 @@ def fsdp_results(tiny_model_dir, toy_data_dir, tmp_path_factory) -> dict:
 
 def test_fsdp2_training_step_equals_the_unsharded_one(fsdp_results):
     """FSDP2 over 2 CPU processes (tests/fsdp_driver.py): the loss, and the adapter after a step as
-    genrec.sharding gathers it for saving, equal the same model unsharded."""
+    genrec.training.sharding gathers it for saving, equal the same model unsharded."""
     r = fsdp_results
     assert r["world_size"] == 2
     assert r["loss"][0] == pytest.approx(r["loss"][1], rel=1e-6)

@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-import genrec.modeling
+import genrec.model.loading
 import genrec.recommender
 from genrec.runtime import run
 from helpers_recipes import load_recipe
@@ -20,7 +20,7 @@ def no_weights(monkeypatch):
         raise AssertionError("weights were loaded")
 
     monkeypatch.setattr(genrec.recommender, "load_base_model", refuse)
-    monkeypatch.setattr(genrec.modeling, "load_base_model", refuse)
+    monkeypatch.setattr(genrec.model.loading, "load_base_model", refuse)
 
 
 def fails(recipe: str, argv: list[str], capsys) -> str:

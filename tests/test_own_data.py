@@ -12,7 +12,7 @@ from genrec.config import load_config
 from genrec.data import load_split
 from genrec.data.splits import training_examples
 from genrec.errors import DataError
-from genrec.prompts import PromptTemplate
+from genrec.prompts.template import PromptTemplate
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "recipes" / "configs" / "own_data" / "amazon_csv.yaml"

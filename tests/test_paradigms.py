@@ -16,11 +16,11 @@ from genrec.config import load_config, parse_time
 from genrec.data import load_split
 from genrec.data.splits import Example, sequence_windows, sliding_windows
 from genrec.errors import CheckpointError, ConfigError, DataError, TemplateError
-from genrec.evaluation import evaluation_users
-from genrec.pointwise import (answer_token_ids, balanced_sample, evaluation_examples, pointwise_examples,
+from genrec.evaluation.protocol import evaluation_users
+from genrec.paradigms.pointwise import (answer_token_ids, balanced_sample, evaluation_examples, pointwise_examples,
                               preference_scores, roc_auc)
-from genrec.preference import sample_negatives, softmax_dpo_loss
-from genrec.prompts import PromptTemplate
+from genrec.paradigms.preference import sample_negatives, softmax_dpo_loss
+from genrec.prompts.template import PromptTemplate
 from genrec.recommender import prepare
 
 from helpers_recipes import load_recipe
@@ -138,7 +138,7 @@ def test_bad_pointwise_templates_are_named(toy_split, text, message):
 
 @pytest.fixture(scope="module")
 def pointwise(tiny_model_dir, toy_data_dir):
-    from genrec.modeling import load_base_model
+    from genrec.model.loading import load_base_model
 
     cfg = load_config(None, [f"data.path={toy_data_dir}", "data.dataset=toy", "data.max_history=4",
                              f"model.name_or_path={tiny_model_dir}", "model.dtype=float32",
@@ -303,7 +303,7 @@ def test_init_adapter_must_match(tiny_overrides, tmp_path):
 # ---- multitask ---------------------------------------------------------------------------------------------
 
 def test_masked_item_examples_hide_a_training_item(toy_split):
-    from genrec.multitask import item_from_text_examples, masked_item_examples
+    from genrec.paradigms.multitask import item_from_text_examples, masked_item_examples
 
     examples = masked_item_examples(toy_split, 0.5, 4, seed=0)
     interactions = sum(len(toy_split.train_part(u)) for u in toy_split.sequences)
@@ -385,7 +385,7 @@ def test_recommend_refuses_a_pointwise_template(tiny_overrides):
 def test_rating_baselines_use_training_ratings_only():
     from genrec.data.catalog import Catalog
     from genrec.data.splits import Split
-    from genrec.pointwise import rating_baselines
+    from genrec.paradigms.pointwise import rating_baselines
 
     catalog = Catalog.build([str(i) for i in range(6)], None, "{item_id}", "item_{item_id}")
     # a: trains on 0, 1 (rated 5, 4) then valid 2, test 3; b: trains on 0, 2 (rated 1, 2) then valid 4, test 5
@@ -400,7 +400,7 @@ def test_rating_baselines_use_training_ratings_only():
 
 
 def test_task_examples_are_weighted_by_task_weight():
-    from genrec.multitask import label_weights
+    from genrec.paradigms.multitask import label_weights
 
     labels = [-100, -100, 7]
     assert label_weights(labels, None, "masked_item", 0.1) == [0.0, 0.0, 0.1]

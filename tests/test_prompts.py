@@ -10,7 +10,7 @@ import pytest
 from genrec.data.catalog import Catalog, Item
 from genrec.data.splits import Example
 from genrec.errors import TemplateError
-from genrec.prompts import PromptFormatter, PromptTemplate, RenderedExample
+from genrec.prompts.template import PromptFormatter, PromptTemplate, RenderedExample
 from helpers_tokenizer import SIMPLE_CHAT_TEMPLATE, build_word_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

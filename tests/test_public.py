@@ -21,7 +21,7 @@ from genrec.data import load_split
 from genrec.data import readers
 from genrec.data.splits import describe, sliding_windows, training_examples
 from genrec.errors import ConfigError, DataError
-from genrec.evaluation import (baseline_metrics, evaluation_cases, evaluation_users, protocol, rankings_jsonl,
+from genrec.evaluation.protocol import (baseline_metrics, evaluation_cases, evaluation_users, protocol, rankings_jsonl,
                                score_cases)
 from public_fixtures import temporal_rows, user_sequences, write_minionerec, write_sequences
 
@@ -281,7 +281,7 @@ def test_popularity_and_metrics_over_rows_with_repeats(tmp_path):
 def test_exclude_seen_false_admits_history_items_and_lists_stay_distinct(tmp_path, tiny_model_dir):
     """Trie-constrained decoding of every catalog item (k = catalog size): with decode.exclude_seen=false
     each list is the whole catalog, history items included; with true, exactly the unseen items."""
-    from genrec.evaluation import rank_cases
+    from genrec.evaluation.protocol import rank_cases
     from genrec.recommender import Recommender, prepare
 
     folder = write_minionerec(tmp_path / "o", n_items=12, extra_items=0,

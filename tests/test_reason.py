@@ -13,11 +13,11 @@ import torch
 from genrec.config import ReasonConfig, load_config
 from genrec.data.catalog import Catalog
 from genrec.data.splits import Example, Split
-from genrec.decoding import greedy_lines
-from genrec.encoding import IGNORE_INDEX
+from genrec.decoding.search import greedy_lines
+from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.errors import ConfigError, TemplateError
-from genrec.prompts import PromptTemplate
-from genrec.rationale import RationaleBuilder, named_genres, rationale_metrics
+from genrec.prompts.template import PromptTemplate
+from genrec.causal.rationale import RationaleBuilder, named_genres, rationale_metrics
 from genrec.recommender import prepare
 
 from helpers_recipes import load_recipe
@@ -165,7 +165,7 @@ def test_swapped_rationales_are_used_as_given(reason_run):
     again = rec.rank(examples, seen, 10, rationales=swapped)
     assert again.rationales == swapped
     prompts = [rec.setup.encoder.prompt_ids(ex) + line for ex, line in zip(examples, swapped)]
-    from genrec.decoding import constrained_topk
+    from genrec.decoding.search import constrained_topk
 
     direct = constrained_topk(rec.model, prompts, rec.setup.index, k=10, num_beams=20, excluded=seen,
                               pad_id=rec.setup.tokenizer.pad_token_id)

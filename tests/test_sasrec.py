@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from genrec import sasrec
+from genrec.baselines import sasrec
 from genrec.cli import main as cli_main
 from genrec.config import SASRecConfig, load_config
 from genrec.data import load_split
 from genrec.data.catalog import Catalog
 from genrec.data.splits import Split
 from genrec.errors import CheckpointError, ConfigError, DataError
-from genrec.evaluation import score
+from genrec.evaluation.protocol import score
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(hidden=16, inner=32, layers=1, heads=2, max_len=8, stride=4, batch_size=8, eval_batch=16)

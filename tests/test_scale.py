@@ -22,8 +22,8 @@ def test_untied_output_layer_item_rows_train_save_and_reload(untied_model_dir, t
     """Llama-3-8B, Mistral-7B and Qwen2.5-7B do not tie their output layer: the item rows must be trained in
     both layers, saved in the adapter, and give the same scores once evaluate/recommend reload it."""
     from genrec.config import load_config
-    from genrec.ensemble import item_log_probs
-    from genrec.decoding import NextTokenLogProbs
+    from genrec.decoding.ensemble import item_log_probs
+    from genrec.decoding.search import NextTokenLogProbs
     from genrec.recommender import Recommender, prepare
 
     overrides = atomic([f"run.output_dir={tmp_path / 'run'}", f"data.path={toy_data_dir}", "data.dataset=toy",
@@ -48,7 +48,7 @@ def test_untied_output_layer_item_rows_train_save_and_reload(untied_model_dir, t
     assert ((rows_in[0] - start_in).abs().amax(1) > 0).float().mean() > 0.5
 
     # reloaded and merged into the base, as evaluate and recommend do = the adapter applied unmerged
-    from genrec.modeling import load_adapter
+    from genrec.model.loading import load_adapter
 
     rec, _ = Recommender.load(cfg)
     live = load_adapter(setup.load_model(), tmp_path / "run" / "adapter").eval()
@@ -65,10 +65,10 @@ def test_untied_output_layer_item_rows_train_save_and_reload(untied_model_dir, t
 def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_overrides):
     """Non-reentrant checkpointing with LoRA and trainable item rows (frozen inputs, trainable tokens)."""
     from genrec.config import AdapterConfig, load_config
-    from genrec.modeling import attach_adapter
+    from genrec.model.loading import attach_adapter
     from genrec.recommender import prepare
-    from genrec.batching import collate
-    from genrec.loss import completion_loss
+    from genrec.training.batching import collate
+    from genrec.training.loss import completion_loss
 
     setup = prepare(load_config(None, atomic(tiny_overrides)))
     results = []
@@ -111,8 +111,8 @@ def test_gradient_checkpointing_is_on_in_a_training_run(tiny_overrides, tmp_path
 
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 def test_attention_implementation_is_applied_and_ranks_alike(tiny_title_setup, implementation):
-    from genrec.decoding import constrained_topk
-    from genrec.modeling import load_base_model
+    from genrec.decoding.search import constrained_topk
+    from genrec.model.loading import load_base_model
 
     setup, reference = tiny_title_setup  # sdpa, the default
     setup.cfg.model.attn_implementation = implementation
@@ -134,7 +134,7 @@ def test_attention_implementation_is_applied_and_ranks_alike(tiny_title_setup, i
 def test_flash_attention_without_the_package_or_a_gpu_is_a_config_error(tiny_overrides):
     from genrec.config import load_config
     from genrec.errors import ConfigError
-    from genrec.modeling import attention_implementation
+    from genrec.model.loading import attention_implementation
 
     cfg = load_config(None, [*tiny_overrides, "model.attn_implementation=flash_attention_2"])
     with pytest.raises(ConfigError, match="flash_attention_2"):
@@ -147,7 +147,7 @@ def test_4bit_storage_dtype_is_the_one_asked(tiny_overrides):
     pytest.importorskip("bitsandbytes")
     from genrec.config import load_config
     from genrec.errors import ConfigError
-    from genrec.modeling import load_base_model
+    from genrec.model.loading import load_base_model
 
     cfg = load_config(None, [*tiny_overrides, "model.quantization=4bit", "model.dtype=bfloat16",
                              "model.bnb_4bit_quant_storage=bfloat16"])
@@ -163,7 +163,7 @@ def test_4bit_storage_dtype_is_the_one_asked(tiny_overrides):
 def test_weights_are_placed_where_they_run(tiny_overrides):
     from genrec.config import load_config
     from genrec.errors import ConfigError
-    from genrec.modeling import placement
+    from genrec.model.loading import placement
     from genrec.recommender import inference_device
 
     cfg = load_config(None, tiny_overrides)
@@ -179,7 +179,7 @@ def test_weights_are_placed_where_they_run(tiny_overrides):
 
 def test_tokenization_in_several_processes_equals_one(tiny_overrides, tmp_path):
     from genrec.config import load_config
-    from genrec.encoding import tokenize_workers, tokenized_dataset
+    from genrec.prompts.encoding import tokenize_workers, tokenized_dataset
     from genrec.recommender import prepare
 
     setup = prepare(load_config(None, atomic(tiny_overrides)))

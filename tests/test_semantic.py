@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 
 from genrec.config import load_config
 from genrec.data import load_split
-from genrec.encoding import IGNORE_INDEX
+from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.errors import CheckpointError, ConfigError
 from genrec.recommender import Recommender, prepare
-from genrec.semantic_ids import (CODES_FILE, SemanticCodes, codes_for_run, kmeans, minilm_embeddings,
+from genrec.items.semantic_ids import (CODES_FILE, SemanticCodes, codes_for_run, kmeans, minilm_embeddings,
                                  residual_codes, with_collision_rank)
 
 from helpers_recipes import load_recipe
@@ -239,7 +239,7 @@ def test_inference_uses_the_checkpoint_codes_and_refuses_a_changed_catalog(seman
 
 
 def test_semantic_text_formats_item_fields_and_names_a_missing_one(toy_data_dir):
-    from genrec.semantic_ids import embedded_texts
+    from genrec.items.semantic_ids import embedded_texts
 
     catalog = load_split(load_config(None, [f"data.path={toy_data_dir}", "data.dataset=toy"])).catalog
     texts = embedded_texts(catalog, "{movie_title}; genres: {class}")
@@ -267,7 +267,7 @@ def test_identifier_benchmark_kinds_are_valid_configs():
 def test_collaborative_embeddings_come_from_training_interactions_only():
     from genrec.data.catalog import Catalog, Item
     from genrec.data.splits import Split
-    from genrec.semantic_ids import collaborative_embeddings
+    from genrec.items.semantic_ids import collaborative_embeddings
 
     catalog = Catalog([Item(i, str(i), f"t{i}", f"item_{i}") for i in range(6)])
     # items 0,1 always watched together, 2,3 together; 4 only ever a held-out item; 5 never
@@ -282,8 +282,8 @@ def test_collaborative_embeddings_come_from_training_interactions_only():
 
 
 def test_each_code_position_competes_only_with_codes_of_its_level(semantic_setup):
-    from genrec.batching import collate
-    from genrec.loss import completion_loss, label_logits
+    from genrec.training.batching import collate
+    from genrec.training.loss import completion_loss, label_logits
 
     finetune = load_recipe("finetune")
     setup = semantic_setup

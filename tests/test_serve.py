@@ -15,8 +15,8 @@ from test_explained import headline  # noqa: F401 - the module's trained tiny at
 
 @pytest.fixture(scope="module")
 def served(headline):  # noqa: F811
-    from genrec.server import create_app
-    from genrec.serving import RecommendationService
+    from genrec.serving.app import create_app
+    from genrec.serving.service import RecommendationService
 
     overrides, _ = headline
     adapter = load_config(None, overrides).run.output_dir + "/adapter"

@@ -11,9 +11,9 @@ import pytest
 
 from genrec.config import load_config
 from genrec.data.splits import Example
-from genrec.encoding import IGNORE_INDEX
+from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.errors import TemplateError
-from genrec.prompts import PromptTemplate
+from genrec.prompts.template import PromptTemplate
 from genrec.recommender import prepare
 
 from helpers_recipes import load_recipe

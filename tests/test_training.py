@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from genrec.batching import collate
-from genrec.loss import completion_loss
+from genrec.training.batching import collate
+from genrec.training.loss import completion_loss
 
 from helpers_recipes import load_recipe
 
@@ -91,7 +91,7 @@ def test_other_adapter_families_train(tiny_overrides, tmp_path, method):
 def test_quantized_lora_step_changes_only_the_adapter(tiny_overrides, tmp_path, quant):
     pytest.importorskip("bitsandbytes")
     from genrec.config import load_config
-    from genrec.modeling import attach_adapter, load_base_model
+    from genrec.model.loading import attach_adapter, load_base_model
 
     cfg = load_config(None, tiny_overrides + [f"model.quantization={quant}", "model.dtype=bfloat16"])
     model = attach_adapter(load_base_model(cfg.model, for_training=True), cfg.adapter)
@@ -173,8 +173,8 @@ def test_bf16_training_loss_keeps_fp32_adapter_weights_and_gradients(tiny_model_
     from transformers import AutoModelForCausalLM
 
     from genrec.config import AdapterConfig
-    from genrec.modeling import attach_adapter
-    from genrec.loss import training_loss
+    from genrec.model.loading import attach_adapter
+    from genrec.training.loss import training_loss
 
     torch.manual_seed(0)
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.bfloat16)

@@ -3,7 +3,7 @@
 Each item has a dense index (0..n-1, used everywhere inside genrec), its original
 id, its fields and three identifier strings: ``text`` (e.g. "Toy Story (1995)"),
 ``plain_id`` (e.g. "item_1"), the atomic token ``<item_1>`` (one new tokenizer token per item) and,
-once assigned, the semantic id ``<a_3><b_17><c_0><d_0>`` (genrec.semantic_ids). Duplicate texts are disambiguated with a " [2]",
+once assigned, the semantic id ``<a_3><b_17><c_0><d_0>`` (genrec.items.semantic_ids). Duplicate texts are disambiguated with a " [2]",
 " [3]" suffix so that each generated string names exactly one item.
 """
 
@@ -37,7 +37,7 @@ class Item:
             return self.text
         if kind == "semantic":
             if not self.semantic:
-                raise DataError(f"item {self.item_id} has no semantic id yet (genrec.semantic_ids assigns them)")
+                raise DataError(f"item {self.item_id} has no semantic id yet (genrec.items.semantic_ids assigns them)")
             return self.semantic
         return atomic_token(self.plain_id) if kind == "atomic" else self.plain_id
 

@@ -40,13 +40,13 @@ class Example:
     # sequence objective: the items history[sequence_from:] + (target,) are all training targets, each
     # predicted from the items before it; None = only ``target`` is (the prompt → target objective)
     sequence_from: int | None = None
-    # reason-then-recommend: a rationale built from the history alone (genrec.rationale), written before the target
+    # reason-then-recommend: a rationale built from the history alone (genrec.causal.rationale), written before the target
     rationale: str | None = None
-    # explained recommendation: the explanation of the target (genrec.explanations), written after it
+    # explained recommendation: the explanation of the target (genrec.explain.statements), written after it
     explanation: str | None = None
     # pointwise preference: does the user like ``target`` (the candidate shown in the prompt)? None = not pointwise
     label: bool | None = None
-    # a self-supervised task (genrec.multitask: masked_item | item_from_text) rendered by the template's
+    # a self-supervised task (genrec.paradigms.multitask: masked_item | item_from_text) rendered by the template's
     # ``tasks`` prompt of that name; None = next item
     task: str | None = None
     masked: int | None = None  # masked_item: the position in ``history`` of the hidden item (= target)

@@ -1,0 +1,1 @@
+"""Ranking: trie-constrained top-K over the item index, its options and priors, shared-prefix scoring, ensembles."""

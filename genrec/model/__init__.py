@@ -1,0 +1,1 @@
+"""The base model, tokenizer, quantization and adapters, and the output layer as genrec reads it."""
