@@ -25,8 +25,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genrec.config import load_config, parse_cli
-from genrec.evaluation.protocol import (baseline_metrics, evaluation_cases, period_start, protocol, rank_cases, rankings_jsonl,
-                               score_cases)
+from genrec.evaluation.protocol import evaluation_cases, period_start, protocol, rank_cases, rankings_jsonl, score_cases
+from genrec.baselines.popularity import baseline_metrics
 from genrec.errors import ConfigError
 from genrec.model.loading import resolve_dtype
 from genrec.paradigms.pointwise import evaluation_examples, rating_baselines, roc_auc, sharded_scores

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from genrec.explain.metrics import text_metrics
-from genrec.evaluation.hf_metrics import MODULES, module_path
+from genrec.hf_metrics import MODULES, module_path
 from genrec.evaluation.metrics import ranking_metrics
 
 evaluate = pytest.importorskip("evaluate")  # a declared dependency: always installed
@@ -75,8 +75,8 @@ def test_modules_ship_in_the_package():
 
     package = Path(genrec.__file__).parent
     for name in MODULES:
-        assert (package / "evaluation" / "hf_metrics" / name / f"{name}.py").is_file()
-        assert (package / "evaluation" / "hf_metrics" / name / "__init__.py").is_file()  # found by setuptools' package discovery
+        assert (package / "hf_metrics" / name / f"{name}.py").is_file()
+        assert (package / "hf_metrics" / name / "__init__.py").is_file()  # found by setuptools' package discovery
     with pytest.raises(ValueError, match="available: ranking, explanation"):
         module_path("bleu")
     pyproject = (REPO / "pyproject.toml").read_text()

@@ -21,8 +21,8 @@ from genrec.data import load_split
 from genrec.data import readers
 from genrec.data.splits import describe, sliding_windows, training_examples
 from genrec.errors import ConfigError, DataError
-from genrec.evaluation.protocol import (baseline_metrics, evaluation_cases, evaluation_users, protocol, rankings_jsonl,
-                               score_cases)
+from genrec.evaluation.protocol import evaluation_cases, evaluation_users, protocol, rankings_jsonl, score_cases
+from genrec.baselines.popularity import baseline_metrics
 from public_fixtures import temporal_rows, user_sequences, write_minionerec, write_sequences
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,10 +26,9 @@ import torch
 
 from genrec.config import Config
 from genrec.training.batching import prompt_inputs
-from genrec.decoding.search import NextTokenLogProbs, next_token_log_probs_sharing_prefixes
+from genrec.decoding.search import NextTokenLogProbs, next_token_log_probs_sharing_prefixes, top_k_unseen
 from genrec.decoding.packed import supports_packing
 from genrec.errors import CheckpointError
-from genrec.evaluation.protocol import top_k_unseen
 from genrec.items.index import ItemIndex
 from genrec.training.checkpoint import STATE_DIR
 from genrec.io import atomic_folder, atomic_write_text

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import random
 
-from genrec.baselines.popularity import most_popular
 from genrec.evaluation.bias import bias_metrics
 from genrec.config import Config
 from genrec.data.splits import Case, Split
@@ -95,16 +94,6 @@ def rank_users(recommender, users: list[str], split_name: str, k: int, rank: int
                       progress, rationales, options)
 
 
-def top_k_unseen(scores, excluded, k: int) -> list[list[tuple[int, float]]]:
-    """Top-``k`` (column, score) per row of a dense [rows, items] score tensor, best first, leaving out each
-    row's ``excluded`` items (they are set to -inf in ``scores``); a row keeps fewer when fewer remain."""
-    for row, items in enumerate(excluded):
-        if items:
-            scores[row, sorted(items)] = float("-inf")
-    values, indices = scores.topk(min(k, scores.shape[1]), dim=1)
-    return [[(i, v) for i, v in zip(idxs, vals) if v != float("-inf")]
-            for vals, idxs in zip(values.tolist(), indices.tolist())]
-
 
 def protocol(cfg: Config, split: Split, users: list, split_name: str, **extra) -> dict:
     """eval_results.json's protocol. ``users``: the evaluated cases (or leave-one-out user ids). Leave-one-out
@@ -172,18 +161,6 @@ def score(rankings: dict[str, list], split: Split, users: list, split_name: str,
     """``score_cases`` over cases, or leave-one-out user ids (``rankings`` keyed by user id)."""
     return score_cases(rankings, split, as_cases(split, users, split_name), ks, bias, ips_clip, seed)
 
-
-def baseline_metrics(cfg: Config, split: Split, users: list, split_name: str) -> dict:
-    """The configured baselines on the same cases (or leave-one-out user ids), by the same metric code."""
-    cases = as_cases(split, users, split_name)
-    out = {}
-    k = max(cfg.eval.ks)
-    for name in cfg.eval.baselines:
-        if name == "popularity":
-            lists = most_popular(split, cases, k, cfg.decode.exclude_seen)
-            out["popularity"] = score_cases({c.case_id: [(i,) for i in r] for c, r in zip(cases, lists)}, split, cases,
-                                            cfg.eval.ks, ips_clip=cfg.eval.ips_clip, seed=cfg.run.seed)
-    return out
 
 
 def rankings_jsonl(split: Split, cases: list[Case], rankings: dict[str, list], extra: dict | None = None) -> str:

@@ -1,7 +1,7 @@
 """genrec's metrics as Hugging Face ``evaluate`` modules, loaded from these local files (no hub fetch).
 
     import evaluate
-    from genrec.evaluation.hf_metrics import module_path
+    from genrec.hf_metrics import module_path
 
     ranking = evaluate.load(module_path("ranking"))   # HR / NDCG / MRR @K of ranked lists of item ids
     ranking.compute(predictions=[[3, 1, 2], [5, 4]], references=[1, 9], ks=[1, 2])

@@ -7,7 +7,7 @@ MRR@K = 1 / rank, 0 beyond K). With ``catalog_size`` (ids are then catalog indic
 returns valid_item_rate and coverage@10, exactly as ``recipes/evaluate.py`` reports them.
 
     import evaluate
-    from genrec.evaluation.hf_metrics import module_path
+    from genrec.hf_metrics import module_path
     ranking = evaluate.load(module_path("ranking"))
     ranking.compute(predictions=[[3, 1, 2], [5, 4, 0]], references=[1, 9], ks=[1, 3])
 """

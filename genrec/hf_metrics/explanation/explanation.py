@@ -6,7 +6,7 @@ distinct ``features``). Returns bleu1, bleu4, rouge1, rouge2, rougeL (0-100), us
 div, computed by genrec.explain.metrics.text_metrics (sacrebleu and rouge-score; nothing downloaded).
 
     import evaluate
-    from genrec.evaluation.hf_metrics import module_path
+    from genrec.hf_metrics import module_path
     text = evaluate.load(module_path("explanation"))
     text.compute(predictions=["you like Drama"], references=["you love Drama"], features=["Drama"])
 """
