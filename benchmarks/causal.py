@@ -65,12 +65,12 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from quality import recipe, trained  # noqa: E402  (the same train-or-load helpers)
 
-from genrec.evaluation.bias import paired_relative_ci  # noqa: E402
-from genrec.config import load_config  # noqa: E402
-from genrec.evaluation.protocol import rank_users, score  # noqa: E402
 from genrec.baselines.popularity import baseline_metrics  # noqa: E402
-from genrec.model.loading import resolve_dtype  # noqa: E402
 from genrec.causal.rationale import RationaleBuilder, rationale_metrics  # noqa: E402
+from genrec.config import load_config  # noqa: E402
+from genrec.evaluation.bias import paired_relative_ci  # noqa: E402
+from genrec.evaluation.protocol import rank_users, score  # noqa: E402
+from genrec.model.loading import resolve_dtype  # noqa: E402
 from genrec.recommender import Recommender  # noqa: E402
 from genrec.runtime import make_accelerator, set_threads  # noqa: E402
 

@@ -32,8 +32,8 @@ from genrec.baselines import sasrec  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.data import load_split  # noqa: E402
 from genrec.decoding.ensemble import item_log_probs  # noqa: E402
-from genrec.evaluation.protocol import score  # noqa: E402
 from genrec.decoding.search import top_k_unseen  # noqa: E402
+from genrec.evaluation.protocol import score  # noqa: E402
 from genrec.model.loading import resolve_dtype  # noqa: E402
 from genrec.recommender import Recommender  # noqa: E402
 from genrec.runtime import make_accelerator, set_threads  # noqa: E402

@@ -52,12 +52,12 @@ from quality import recipe, trained  # noqa: E402  (the same train-or-load helpe
 from genrec.config import load_config  # noqa: E402
 from genrec.evaluation.protocol import evaluation_users  # noqa: E402
 from genrec.explain.metrics import text_metrics  # noqa: E402
-from genrec.explain.verify import ExplanationVerifier, grounding_metrics  # noqa: E402
-from genrec.model.loading import resolve_dtype  # noqa: E402
 from genrec.explain.necessity import necessity  # noqa: E402
+from genrec.explain.verify import ExplanationVerifier, grounding_metrics  # noqa: E402
+from genrec.io import atomic_write_text  # noqa: E402
+from genrec.model.loading import resolve_dtype  # noqa: E402
 from genrec.recommender import Recommender  # noqa: E402
 from genrec.runtime import make_accelerator, set_threads  # noqa: E402
-from genrec.io import atomic_write_text  # noqa: E402
 
 
 def score_row(recommender, verifier, examples, items, texts, seed, cache: dict) -> dict:
@@ -84,7 +84,6 @@ def explain_headline(args) -> dict:
     import statistics
 
     import torch
-
     from tqdm.auto import tqdm
 
     from genrec.evaluation.protocol import score

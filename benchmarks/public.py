@@ -93,10 +93,10 @@ def config_path(dataset: str, system: str) -> str:
 
 def popularity(dataset: str, overrides: list[str], folder: Path) -> dict:
     """Most-popular on the evaluated cases: genrec's own split, seen-item rule, sample and metric code."""
+    from genrec.baselines.popularity import baseline_metrics
     from genrec.config import load_config
     from genrec.data import load_split
     from genrec.evaluation.protocol import evaluation_cases, period_start, protocol
-    from genrec.baselines.popularity import baseline_metrics
     from genrec.io import atomic_write_text
 
     cfg = load_config(config_path(dataset, "genrec"), overrides + ["eval.baselines=[popularity]"])

@@ -49,9 +49,9 @@ def examples(history: int, count: int):
 def worker(mode: str, steps: int, batch: int, history: int) -> dict:
     from genrec.config import AdapterConfig, ModelConfig
     from genrec.model.loading import attach_adapter, load_base_model
+    from genrec.runtime import peak_rss_mb
     from genrec.training.batching import collate
     from genrec.training.loss import training_loss
-    from genrec.runtime import peak_rss_mb
 
     setup, rows = examples(history, (steps + 1) * batch)
     batches = [rows[i * batch:(i + 1) * batch] for i in range(steps + 1)]

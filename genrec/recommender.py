@@ -18,27 +18,28 @@ import torch
 from tqdm.auto import tqdm
 
 from genrec.causal import rationale
-from genrec.explain import statements
-from genrec.paradigms import multitask, pointwise
 from genrec.causal.priors import CausalPriors
+from genrec.causal.rationale import RationaleBuilder
 from genrec.config import Config
 from genrec.data import Split, load_split
 from genrec.data.splits import Example, training_examples
+from genrec.decoding.ensemble import ensemble_topk, mean_item_log_probs, member_adapter, member_folders
 from genrec.decoding.options import DecodeOptions, DecodingPrior
 from genrec.decoding.search import NextTokenLogProbs, constrained_topk, greedy_lines
-from genrec.prompts.encoding import Encoder
-from genrec.decoding.ensemble import ensemble_topk, mean_item_log_probs, member_adapter, member_folders
 from genrec.errors import CheckpointError
+from genrec.explain import statements
 from genrec.explain.evidence import EvidenceBuilder
 from genrec.explain.generation import explain
 from genrec.explain.statements import Explainer
-from genrec.items.tokens import add_item_tokens, atomic_names, grow_embeddings
 from genrec.items.index import ItemIndex
-from genrec.model.loading import load_adapter, load_base_model, load_tokenizer, resolve_model_path
-from genrec.prompts.template import PromptFormatter, PromptTemplate
-from genrec.causal.rationale import RationaleBuilder
 from genrec.items.semantic_ids import CODES_FILE, SemanticCodes, codes_for_run, llm_embeddings
+from genrec.items.tokens import add_item_tokens, atomic_names, grow_embeddings
+from genrec.model.loading import load_adapter, load_base_model, load_tokenizer, resolve_model_path
+from genrec.paradigms import multitask, pointwise
+from genrec.prompts.encoding import Encoder
+from genrec.prompts.template import PromptFormatter, PromptTemplate
 from genrec.training.checkpoint import TEMPLATE_FILE, read_info
+
 
 @dataclass
 class Setup:

@@ -24,16 +24,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from genrec.config import load_config, parse_cli
-from genrec.evaluation.protocol import evaluation_cases, period_start, protocol, rank_cases, rankings_jsonl, score_cases
 from genrec.baselines.popularity import baseline_metrics
+from genrec.causal.rationale import RationaleBuilder, rationale_metrics
+from genrec.config import load_config, parse_cli
 from genrec.errors import ConfigError
+from genrec.evaluation.protocol import evaluation_cases, period_start, protocol, rank_cases, rankings_jsonl, score_cases
+from genrec.io import atomic_write_text
 from genrec.model.loading import resolve_dtype
 from genrec.paradigms.pointwise import evaluation_examples, rating_baselines, roc_auc, sharded_scores
-from genrec.causal.rationale import RationaleBuilder, rationale_metrics
 from genrec.recommender import Recommender
 from genrec.runtime import make_accelerator, run, set_threads, setup_logging
-from genrec.io import atomic_write_text
 
 log = logging.getLogger("genrec")
 

@@ -31,25 +31,32 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from genrec import __version__
-from genrec.training.batching import epoch_batches, to_device
-from genrec.training.checkpoint import (STATE_DIR, checkpoint_dirs, load_training_state, prune_checkpoints, read_info,
-                               rng_state, write_checkpoint)
-from genrec.config import load_config, parse_cli, save_config
 from genrec.causal.counterfactual import CounterfactualLoss, NullHistory
-from genrec.prompts.encoding import IGNORE_INDEX, tokenize_workers, tokenized_dataset, training_data_fingerprint
+from genrec.causal.popularity import PopularityPriorLoss, candidate_prior, training_weights
+from genrec.config import load_config, parse_cli, save_config
 from genrec.decoding.ensemble import assemble, member_configs
 from genrec.errors import CheckpointError, ConfigError, DataError
 from genrec.evaluation.protocol import evaluation_cases, period_start, rank_cases, score_cases
-from genrec.training.loss import CrossEntropy, LossTerm, TrainingObjective, training_batch
-from genrec.training.metrics_log import MetricsLog
 from genrec.model.loading import attach_adapter, resolve_dtype
 from genrec.paradigms.multitask import label_weights
 from genrec.paradigms.pointwise import answer_token_ids, evaluation_examples, preference_scores, roc_auc, sharded_scores
 from genrec.paradigms.preference import SoftmaxDPO
-from genrec.causal.popularity import PopularityPriorLoss, candidate_prior, training_weights
+from genrec.prompts.encoding import IGNORE_INDEX, tokenize_workers, tokenized_dataset, training_data_fingerprint
 from genrec.recommender import Recommender, prepare
 from genrec.runtime import make_accelerator, model_device, peak_rss_mb, run, set_threads, setup_logging
 from genrec.training import sharding
+from genrec.training.batching import epoch_batches, to_device
+from genrec.training.checkpoint import (
+    STATE_DIR,
+    checkpoint_dirs,
+    load_training_state,
+    prune_checkpoints,
+    read_info,
+    rng_state,
+    write_checkpoint,
+)
+from genrec.training.loss import CrossEntropy, LossTerm, TrainingObjective, training_batch
+from genrec.training.metrics_log import MetricsLog
 
 log = logging.getLogger("genrec")
 BEST_DIR = "best"  # train.select_best: the weights of the best validation so far

@@ -24,9 +24,9 @@ from genrec.data.catalog import Catalog
 from genrec.data.splits import Example, Split
 from genrec.errors import ConfigError, DataError, suggest
 from genrec.explain.top_k import RankingExplainer, explanation_template
+from genrec.io import atomic_write_text
 from genrec.recommender import Recommender
 from genrec.runtime import run, set_threads, setup_logging
-from genrec.io import atomic_write_text
 
 
 def request(cfg, split: Split) -> Example:

@@ -25,12 +25,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from genrec.baselines import sasrec
+from genrec.baselines.popularity import baseline_metrics
 from genrec.config import load_config, parse_cli
 from genrec.data import load_split
 from genrec.evaluation.protocol import evaluation_cases, period_start, protocol, rankings_jsonl, score_cases
-from genrec.baselines.popularity import baseline_metrics
-from genrec.runtime import run, set_threads, setup_logging
 from genrec.io import atomic_write_text
+from genrec.runtime import run, set_threads, setup_logging
 
 log = logging.getLogger("genrec")
 

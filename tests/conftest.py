@@ -14,8 +14,16 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 
-from tiny_fixtures import (ARCHITECTURES, CHATML, GEMMA_CHAT, WORDS, build_tiny_model,  # noqa: E402,F401
-                           build_tokenizer, toy_titles, write_toy_dataset)
+from tiny_fixtures import (  # noqa: E402,F401
+    ARCHITECTURES,
+    CHATML,
+    GEMMA_CHAT,
+    WORDS,
+    build_tiny_model,
+    build_tokenizer,
+    toy_titles,
+    write_toy_dataset,
+)
 
 
 @pytest.fixture(scope="session")

@@ -35,11 +35,11 @@ def main() -> None:
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    from genrec.training import sharding
     from genrec.config import AdapterConfig, load_config
     from genrec.evaluation.protocol import rank_users
     from genrec.model.loading import attach_adapter
     from genrec.recommender import Recommender, prepare
+    from genrec.training import sharding
     from genrec.training.batching import collate
     from genrec.training.loss import TrainingObjective
 

@@ -9,7 +9,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import ARCHITECTURES, REPO, build_tiny_model
 from helpers_recipes import load_recipe
 
@@ -55,8 +54,8 @@ def test_trains_and_decodes_real_items(model_dirs, toy_data_dir, tmp_path, arch,
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_shared_prefix_attention_equals_the_plain_cache(model_dirs, toy_data_dir, arch):
     from genrec.decoding.search import constrained_topk
-    from genrec.model.loading import load_base_model
     from genrec.decoding.shared_prefix import supports
+    from genrec.model.loading import load_base_model
 
     setup = setup_for(model_dirs[arch], toy_data_dir)
     model = load_base_model(setup.cfg.model, setup.model_path).eval()

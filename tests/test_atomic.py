@@ -10,21 +10,20 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers_recipes import load_recipe
 from safetensors.torch import load_file
 
 from genrec.baselines import sasrec
 from genrec.config import AdapterConfig, load_config
 from genrec.data import load_split, sequence_windows
 from genrec.data.splits import Example
-from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.errors import ConfigError, TemplateError
 from genrec.items.tokens import add_item_tokens, atomic_names, grow_embeddings
 from genrec.model.loading import attach_adapter
+from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.recommender import prepare
 from genrec.training.batching import collate
 from genrec.training.loss import completion_loss
-
-from helpers_recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 ATOMIC_TEMPLATE = REPO / "prompts" / "next_item_atomic.yaml"

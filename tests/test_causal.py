@@ -13,22 +13,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from helpers_recipes import load_recipe
 
-from genrec.evaluation.bias import bias_metrics, head_items, paired_relative_ci, propensity_weights
+from genrec.causal.popularity import (
+    PopularityPriorLoss,
+    TargetWeights,
+    candidate_prior,
+    inverse_popularity_weights,
+    smoothed,
+    training_weights,
+)
 from genrec.config import load_config
 from genrec.data import load_split
 from genrec.data.splits import Example, Split
 from genrec.decoding.options import DecodeOptions
 from genrec.decoding.search import constrained_topk, score_items
-from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.errors import ConfigError
-from genrec.causal.popularity import (PopularityPriorLoss, TargetWeights, candidate_prior, inverse_popularity_weights,
-                               smoothed, training_weights)
+from genrec.evaluation.bias import bias_metrics, head_items, paired_relative_ci, propensity_weights
+from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.recommender import prepare
 from genrec.training.batching import collate
 from genrec.training.loss import CrossEntropy, completion_loss, training_batch
-
-from helpers_recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 

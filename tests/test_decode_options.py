@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from genrec.causal.popularity import smoothed
 from genrec.causal.priors import CausalPriors
 from genrec.config import load_config
 from genrec.decoding.options import DecodeOptions
 from genrec.decoding.search import constrained_topk
 from genrec.evaluation.protocol import rank_users
-from genrec.causal.popularity import smoothed
 from genrec.recommender import Recommender
 
 

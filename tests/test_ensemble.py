@@ -9,15 +9,14 @@ from dataclasses import asdict, replace
 import pytest
 import torch
 import yaml
-
-from genrec.config import load_config
-from genrec.decoding.search import constrained_topk
-from genrec.decoding.ensemble import MANIFEST, ensemble_topk, member_configs, member_folders
-from genrec.errors import CheckpointError, ConfigError
-from genrec.recommender import prepare
-
 from helpers_recipes import load_recipe
 from test_atomic import atomic
+
+from genrec.config import load_config
+from genrec.decoding.ensemble import MANIFEST, ensemble_topk, member_configs, member_folders
+from genrec.decoding.search import constrained_topk
+from genrec.errors import CheckpointError, ConfigError
+from genrec.recommender import prepare
 
 
 def test_member_configs_differ_in_seed_and_folder_only(tiny_overrides, tmp_path):

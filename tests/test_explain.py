@@ -11,21 +11,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers_recipes import load_recipe
 
 from genrec.config import ExplainConfig, load_config
 from genrec.data.catalog import Catalog
 from genrec.data.splits import Example, Split
 from genrec.decoding.search import score_items
-from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.errors import ConfigError, TemplateError
-from genrec.explain.evidence import EvidenceBuilder
-from genrec.explain.verify import ExplanationVerifier, grounding_metrics
-from genrec.explain.statements import BANKS, Explainer
-from genrec.items.index import ItemIndex
 from genrec.explain import necessity as necessity_module
+from genrec.explain.evidence import EvidenceBuilder
+from genrec.explain.statements import BANKS, Explainer
+from genrec.explain.verify import ExplanationVerifier, grounding_metrics
+from genrec.items.index import ItemIndex
+from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.prompts.template import PromptTemplate
-
-from helpers_recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 EXPLAIN = REPO / "prompts" / "recommend_then_explain.yaml"

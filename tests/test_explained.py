@@ -8,11 +8,11 @@ import json
 
 import pytest
 import torch
+from helpers_recipes import load_recipe
+from test_atomic import atomic
 
 from genrec.config import load_config
 from genrec.errors import ConfigError
-from helpers_recipes import load_recipe
-from test_atomic import atomic
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +154,8 @@ def test_the_chosen_line_is_the_likeliest_under_the_explanation_template(headlin
 
 
 def test_a_list_repeats_a_line_only_when_an_item_has_no_other():
-    from genrec.explain.top_k import distinct_picks
     from genrec.explain.statements import Explanation
+    from genrec.explain.top_k import distinct_picks
 
     a, b, c = (Explanation("family", text, None) for text in ("A", "B", "C"))
     picks = distinct_picks([[a, b], [a, b], [a, c], [a], []],

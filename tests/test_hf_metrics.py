@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from genrec.evaluation.metrics import ranking_metrics
 from genrec.explain.metrics import text_metrics
 from genrec.hf_metrics import MODULES, module_path
-from genrec.evaluation.metrics import ranking_metrics
 
 evaluate = pytest.importorskip("evaluate")  # a declared dependency: always installed
 

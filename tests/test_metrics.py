@@ -10,15 +10,14 @@ import pandas as pd
 import pytest
 import torch
 
-from genrec.baselines.popularity import most_popular_unseen
+from genrec.baselines.popularity import baseline_metrics, most_popular_unseen
 from genrec.config import load_config
 from genrec.data.catalog import Catalog
 from genrec.data.splits import build_split
-from genrec.evaluation.protocol import evaluation_users, shard_batches
-from genrec.baselines.popularity import baseline_metrics
 from genrec.evaluation.metrics import rank_of, ranking_metrics
-from genrec.training.batching import collate, epoch_batches
+from genrec.evaluation.protocol import evaluation_users, shard_batches
 from genrec.io import atomic_folder, atomic_path, atomic_write_text
+from genrec.training.batching import collate, epoch_batches
 from genrec.training.metrics_log import MetricsLog
 
 # --------------------------------------------------------------------------- ranking metrics

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from helpers_recipes import load_recipe
 from multiprocess_driver import EXACT, VARIANTS, tiny
+from safetensors.torch import load_file
 
 
 def run_of(multiprocess_runs, name: str) -> Path:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from helpers_recipes import load_recipe
 
 import genrec.model.loading
 import genrec.recommender
 from genrec.runtime import run
-from helpers_recipes import load_recipe
 
 
 @pytest.fixture()

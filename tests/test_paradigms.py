@@ -11,19 +11,24 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers_recipes import load_recipe
 
 from genrec.config import load_config, parse_time
 from genrec.data import load_split
 from genrec.data.splits import Example, sequence_windows, sliding_windows
 from genrec.errors import CheckpointError, ConfigError, DataError, TemplateError
 from genrec.evaluation.protocol import evaluation_users
-from genrec.paradigms.pointwise import (answer_token_ids, balanced_sample, evaluation_examples, pointwise_examples,
-                              preference_scores, roc_auc)
+from genrec.paradigms.pointwise import (
+    answer_token_ids,
+    balanced_sample,
+    evaluation_examples,
+    pointwise_examples,
+    preference_scores,
+    roc_auc,
+)
 from genrec.paradigms.preference import sample_negatives, softmax_dpo_loss
 from genrec.prompts.template import PromptTemplate
 from genrec.recommender import prepare
-
-from helpers_recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 CUT = 1045.0  # toy timestamps run 1000 + 10 * position: a cut in the middle of every history

@@ -6,12 +6,12 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from helpers_tokenizer import SIMPLE_CHAT_TEMPLATE, build_word_tokenizer
 
 from genrec.data.catalog import Catalog, Item
 from genrec.data.splits import Example
 from genrec.errors import TemplateError
 from genrec.prompts.template import PromptFormatter, PromptTemplate, RenderedExample
-from helpers_tokenizer import SIMPLE_CHAT_TEMPLATE, build_word_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "prompts").glob("*.yaml"))

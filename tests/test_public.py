@@ -15,15 +15,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from public_fixtures import temporal_rows, user_sequences, write_minionerec, write_sequences
 
+from genrec.baselines.popularity import baseline_metrics
 from genrec.config import load_config
-from genrec.data import load_split
-from genrec.data import readers
+from genrec.data import load_split, readers
 from genrec.data.splits import describe, sliding_windows, training_examples
 from genrec.errors import ConfigError, DataError
 from genrec.evaluation.protocol import evaluation_cases, evaluation_users, protocol, rankings_jsonl, score_cases
-from genrec.baselines.popularity import baseline_metrics
-from public_fixtures import temporal_rows, user_sequences, write_minionerec, write_sequences
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

@@ -9,18 +9,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers_recipes import load_recipe
 
+from genrec.causal.rationale import RationaleBuilder, named_genres, rationale_metrics
 from genrec.config import ReasonConfig, load_config
 from genrec.data.catalog import Catalog
 from genrec.data.splits import Example, Split
 from genrec.decoding.search import greedy_lines
-from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.errors import ConfigError, TemplateError
+from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.prompts.template import PromptTemplate
-from genrec.causal.rationale import RationaleBuilder, named_genres, rationale_metrics
 from genrec.recommender import prepare
-
-from helpers_recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 REASON = REPO / "prompts" / "reason_then_recommend.yaml"

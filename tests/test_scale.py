@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import build_tiny_model
 from helpers_recipes import load_recipe
+from safetensors.torch import load_file
 from test_atomic import atomic
 
 

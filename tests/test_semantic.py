@@ -11,17 +11,23 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_recipes import load_recipe
 from safetensors.torch import load_file
 
 from genrec.config import load_config
 from genrec.data import load_split
-from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.errors import CheckpointError, ConfigError
+from genrec.items.semantic_ids import (
+    CODES_FILE,
+    SemanticCodes,
+    codes_for_run,
+    kmeans,
+    minilm_embeddings,
+    residual_codes,
+    with_collision_rank,
+)
+from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.recommender import Recommender, prepare
-from genrec.items.semantic_ids import (CODES_FILE, SemanticCodes, codes_for_run, kmeans, minilm_embeddings,
-                                 residual_codes, with_collision_rank)
-
-from helpers_recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 SEMANTIC_TEMPLATE = REPO / "prompts" / "next_item_semantic.yaml"

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 from fastapi.testclient import TestClient
+from test_explained import headline  # noqa: F401 - the module's trained tiny atomic run
 
 from genrec.config import load_config
-from test_explained import headline  # noqa: F401 - the module's trained tiny atomic run
 
 
 @pytest.fixture(scope="module")

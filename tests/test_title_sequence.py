@@ -8,15 +8,14 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers_recipes import load_recipe
 
 from genrec.config import load_config
 from genrec.data.splits import Example
-from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.errors import TemplateError
+from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.prompts.template import PromptTemplate
 from genrec.recommender import prepare
-
-from helpers_recipes import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO / "prompts" / "next_item_title_sequence.yaml"

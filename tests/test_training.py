@@ -7,13 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers_recipes import load_recipe
 from safetensors.torch import load_file
 
 from genrec.training.batching import collate
 from genrec.training.loss import completion_loss
-
-from helpers_recipes import load_recipe
-
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -267,6 +265,7 @@ def test_resume_refuses_a_run_whose_inputs_changed(tiny_overrides, tmp_path):
     """run.resume continues only the run it checkpointed: a changed template, catalog or training data is
     refused before weights load (the checkpoint would otherwise be saved with the new template and items)."""
     from conftest import write_toy_dataset
+
     from genrec.errors import CheckpointError
 
     finetune = load_recipe("finetune")

@@ -39,9 +39,9 @@ from torch import nn
 from genrec.config import SASRecConfig
 from genrec.data.catalog import Catalog
 from genrec.data.splits import Case, Split, sequence_windows
+from genrec.decoding.search import top_k_unseen
 from genrec.errors import CheckpointError, DataError
 from genrec.evaluation.protocol import as_cases, score_cases
-from genrec.decoding.search import top_k_unseen
 from genrec.io import atomic_path
 
 log = logging.getLogger("genrec")

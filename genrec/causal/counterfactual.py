@@ -22,10 +22,10 @@ import torch
 
 from genrec.data.splits import Example
 from genrec.decoding.search import item_token_logprobs
-from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.items.index import ItemIndex
-from genrec.training.loss import LabelLogits, LossTerm, cross_entropy
+from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.training.batching import collate
+from genrec.training.loss import LabelLogits, LossTerm, cross_entropy
 
 
 class NullHistory:

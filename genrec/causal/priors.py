@@ -19,11 +19,11 @@ import functools
 import numpy as np
 import torch
 
-from genrec.evaluation.bias import propensity_weights
 from genrec.causal.counterfactual import null_node_prior
+from genrec.causal.popularity import smoothed
 from genrec.data.splits import Example
 from genrec.decoding.options import DecodeOptions
-from genrec.causal.popularity import smoothed
+from genrec.evaluation.bias import propensity_weights
 
 
 class CausalPriors:

@@ -25,13 +25,13 @@ from pathlib import Path
 import torch
 
 from genrec.config import Config
-from genrec.training.batching import prompt_inputs
-from genrec.decoding.search import NextTokenLogProbs, next_token_log_probs_sharing_prefixes, top_k_unseen
 from genrec.decoding.packed import supports_packing
+from genrec.decoding.search import NextTokenLogProbs, next_token_log_probs_sharing_prefixes, top_k_unseen
 from genrec.errors import CheckpointError
-from genrec.items.index import ItemIndex
-from genrec.training.checkpoint import STATE_DIR
 from genrec.io import atomic_folder, atomic_write_text
+from genrec.items.index import ItemIndex
+from genrec.training.batching import prompt_inputs
+from genrec.training.checkpoint import STATE_DIR
 
 MANIFEST = "ensemble.json"
 MEMBERS_DIR = "members"

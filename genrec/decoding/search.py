@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import torch
 
-from genrec.training.batching import prompt_inputs
-from genrec.items.index import ItemIndex
 from genrec.decoding.packed import PackedTree, supports_packing
-from genrec.model.output_head import OutputHead
 from genrec.decoding.shared_prefix import PrefixState, shared_prefix_attention, supports
+from genrec.items.index import ItemIndex
+from genrec.model.output_head import OutputHead
+from genrec.training.batching import prompt_inputs
 
 NEG_INF = float("-inf")
 

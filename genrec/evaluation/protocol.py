@@ -13,11 +13,11 @@ from __future__ import annotations
 import json
 import random
 
-from genrec.evaluation.bias import bias_metrics
 from genrec.config import Config
 from genrec.data.splits import Case, Split
 from genrec.decoding.options import DecodeOptions
 from genrec.errors import DataError
+from genrec.evaluation.bias import bias_metrics
 from genrec.evaluation.metrics import ranking_metrics
 
 

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 from genrec.data.splits import Example
 from genrec.decoding.search import greedy_lines, score_continuations
 from genrec.errors import ConfigError
-from genrec.explain.statements import Explanation
 from genrec.explain.necessity import item_logprob
+from genrec.explain.statements import Explanation
 
 
 def explain(recommender, examples: list[Example], items: list[int], decoding: str | None = None,

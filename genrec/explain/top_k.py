@@ -28,11 +28,11 @@ import torch
 
 from genrec.data.splits import Example
 from genrec.decoding.search import score_branches
-from genrec.prompts.encoding import Encoder
 from genrec.errors import ConfigError
-from genrec.explain.verify import Claim, ExplanationVerifier
-from genrec.explain.statements import Explanation
 from genrec.explain.necessity import item_logprob
+from genrec.explain.statements import Explanation
+from genrec.explain.verify import Claim, ExplanationVerifier
+from genrec.prompts.encoding import Encoder
 from genrec.prompts.template import PromptFormatter, PromptTemplate
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 import random
 
 from genrec.data.splits import Example, Split
-from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.errors import ConfigError
+from genrec.prompts.encoding import IGNORE_INDEX
 
 
 def build_examples(setup, examples: list[Example]) -> list[Example]:

@@ -16,8 +16,8 @@ import torch
 
 from genrec.data.splits import Example, Split
 from genrec.errors import ConfigError, DataError, TemplateError
-from genrec.training.batching import prompt_inputs
 from genrec.model.output_head import OutputHead
+from genrec.training.batching import prompt_inputs
 
 
 def liked(split: Split, user: str, item: int, threshold: float) -> bool | None:

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from genrec.training.batching import collate, to_device
 from genrec.prompts.encoding import IGNORE_INDEX
+from genrec.training.batching import collate, to_device
 from genrec.training.loss import LabelLogits, LossTerm, label_logits
 
 

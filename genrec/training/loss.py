@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from genrec.training.batching import collate
 from genrec.model.output_head import OutputHead
+from genrec.training.batching import collate
 
 
 def label_logits(model, batch: dict[str, torch.Tensor], candidates: torch.Tensor | None = None,
