@@ -124,7 +124,7 @@ def test_the_chosen_line_is_the_likeliest_under_the_explanation_template(headlin
     from dataclasses import replace
 
     from genrec.decoding.search import score_continuations
-    from genrec.explain.top_k import RankingExplainer
+    from genrec.explain.top_k import RankingExplainer, statement
 
     _, recommender = headline
     setup = recommender.setup
@@ -136,7 +136,7 @@ def test_the_chosen_line_is_the_likeliest_under_the_explanation_template(headlin
                       for i in items]
         chosen = explainer._likeliest(example, items, candidates)
         prompt = explainer.encoder.prompt_ids(replace(example, history=example.history[-setup.cfg.explain.prompt_history:]))
-        used = set()
+        used = set()  # the statements of the lines chosen so far
         for item, cands, pick in zip(items, candidates, chosen):
             if not cands:
                 assert pick is None
@@ -146,11 +146,11 @@ def test_the_chosen_line_is_the_likeliest_under_the_explanation_template(headlin
                 replace(example, target=item), setup.split.catalog, "title", c.text)) for c in cands]
             scores = score_continuations(recommender.model, prompt, [head + line for line in lines],
                                          setup.cfg.explain.length_penalty, skip=[len(head)] * len(lines))
-            fresh = [i for i in range(len(cands)) if cands[i].text not in used]
-            # the likeliest line no higher-ranked item uses; the likeliest of all when every line is used
+            fresh = [i for i in range(len(cands)) if statement(cands[i]) not in used]
+            # the likeliest line whose claim no higher-ranked item makes; the likeliest of all when every one is
             best = max(fresh, key=lambda i: float(scores[i])) if fresh else int(scores.argmax())
             assert pick.text == cands[best].text
-            used.add(pick.text)
+            used.add(statement(pick))
 
 
 def test_a_list_repeats_a_line_only_when_an_item_has_no_other():
@@ -161,6 +161,68 @@ def test_a_list_repeats_a_line_only_when_an_item_has_no_other():
     picks = distinct_picks([[a, b], [a, b], [a, c], [a], []],
                            [[0.0, -1.0], [0.0, -1.0], [0.0, -5.0], [0.0], []])
     assert [p.text if p else None for p in picks] == ["A", "B", "C", "A", None]
+
+
+def test_a_claim_is_not_repeated_in_other_words_and_the_next_evidence_stands_in():
+    from genrec.explain.statements import Explanation
+    from genrec.explain.top_k import distinct_picks
+
+    # two wordings of one genre count (same family, same counted items) and two single-title statements
+    count_1, count_2 = (Explanation("genre", text, "Action", (1, 2, 3)) for text in ("3 were Action.", "Action again."))
+    anchor_4, anchor_5 = (Explanation("anchor", f"Because you loved {i}.", None, (i,)) for i in (4, 5))
+    picks = distinct_picks(
+        [[count_1], [count_2], [count_1], [count_2]],
+        [[0.0], [0.0], [0.0], [0.0]],
+        fallbacks=[[], [[anchor_4]], [[anchor_4], [anchor_5]], []],  # the last item has nothing else to say
+        fallback_scores=[[], [[-1.0]], [[-1.0], [-2.0]], []])
+    assert [p.text for p in picks] == ["3 were Action.", "Because you loved 4.", "Because you loved 5.", "Action again."]
+
+
+def test_fallbacks_are_scored_only_for_items_whose_best_evidence_a_higher_item_has(headline, monkeypatch):
+    from genrec.explain.statements import Explanation
+    from genrec.explain.top_k import RankingExplainer
+
+    _, recommender = headline
+    explainer = RankingExplainer(recommender)
+    shared = Explanation("genre", "shared", "Action", (1, 2))
+    own = [Explanation("anchor", f"own {i}", None, (i,)) for i in range(3)]
+    tiers = [[[shared], [own[0]]], [[shared], [own[1]], [own[2]], [own[0]]], [[own[2]], [own[1]]]]
+    fallbacks = explainer._fallbacks(tiers, depth=2)
+    # item 2 may repeat item 1's best claim: its next two groups are scored; item 1 and 3 lead with their own
+    assert fallbacks == [[], [[own[1]], [own[2]]], []]
+
+
+def test_faithful_tiers_order_the_cited_sets_by_how_much_their_removal_lowers_the_item(headline, monkeypatch):
+    from genrec.explain.top_k import RankingExplainer
+
+    _, recommender = headline
+    explainer = RankingExplainer(recommender)
+    examples, ranked = cases(recommender, 8)
+    checked = 0
+    for example, top in zip(examples, ranked):
+        items = [i for i, _ in top]
+        candidates = [recommender.setup.explainer.candidates(
+            recommender.setup.explainer.evidence.build(example.user_id, example.history, i)) for i in items]
+        sets = list(dict.fromkeys(frozenset(c.cited) for cands in candidates for c in cands if c.cited))
+        if len(sets) < 3:
+            continue
+        drop = {s: float(n) for n, s in enumerate(sets)}  # removing set n lowers every item by n (set 0: not at all)
+
+        def fake(user_id, histories, wanted, full=example.history):
+            return torch.tensor([[0.0 if h == full else -drop[frozenset(full) - frozenset(h)]] * len(wanted)
+                                 for h in histories])
+
+        monkeypatch.setattr(explainer, "_item_scores", fake)
+        for cands, mine in zip(candidates, explainer._faithful_tiers(example, items, candidates)):
+            cited = [s for s in dict.fromkeys(frozenset(c.cited) for c in cands if c.cited) if drop[s] > 0]
+            if not cited:
+                assert mine == [cands]
+                continue
+            assert [frozenset(group[0].cited) for group in mine] == sorted(cited, key=lambda s: -drop[s])
+            assert all(len({frozenset(c.cited) for c in group}) == 1 for group in mine)
+            checked += 1
+        monkeypatch.undo()
+    assert checked > 0
 
 
 def test_recommend_explains_the_atomic_recipes_top_k(headline, tmp_path):

@@ -8,9 +8,10 @@ its top-K items is explained the way ``explain.decoding=grounded`` explains (gen
 2. faithful selection (``explain.select=faithful``): of the history-item sets the candidates cite, keep the
    candidates citing the set whose removal from the history lowers the item's score the most — scored by
    the *recommending* model, so the explanation cites what the ranking actually relied on;
-3. wording: the likeliest remaining line under a language model reading the history as titles, the item,
-   and the line (``explain.template``, default prompts/explain_line.yaml), mean log-probability per token,
-   that no higher-ranked item of the list already uses (``distinct_picks``);
+3. wording: the likeliest line under a language model reading the history as titles, the item, and the
+   line (``explain.template``, default prompts/explain_line.yaml), mean log-probability per token, whose
+   statement no higher-ranked item of the list already makes (``distinct_picks``); when every line of the
+   best set is taken, the likeliest of the set whose removal lowers the score second (then third) most;
 4. the chosen line's claims are parsed and re-checked against the data (genrec.explain.verify).
 
 It is built for serving: all K items are explained together. For one-token items (atomic ids) step 2 is
@@ -62,22 +63,35 @@ def explanation_template(setup) -> PromptTemplate:
     return template
 
 
-def distinct_picks(candidates: list[list[Explanation]], scores: list[list[float]]) -> list[Explanation | None]:
-    """Per item, in rank order, its best-scored candidate whose text no higher-ranked item of the list already
-    uses (its best one when every candidate is used).
+def statement(line: Explanation):
+    """What a line claims, whatever its wording: its family and the history items it cites (a genre count
+    cites the counted items), or its text when it cites none (era, plain and "different" lines)."""
+    return (line.family, line.cited) if line.cited else line.text
+
+
+def distinct_picks(candidates: list[list[Explanation]], scores: list[list[float]],
+                   fallbacks: list[list[list[Explanation]]] | None = None,
+                   fallback_scores: list[list[list[float]]] | None = None) -> list[Explanation | None]:
+    """Per item, in rank order: its best-scored candidate whose statement no higher-ranked item of the list
+    already makes; else the best-scored such line of its first fallback tier that has one (``fallbacks``:
+    per item, groups of lines in order of preference, e.g. the evidence whose removal lowers the item's
+    score second most, then third); else its best candidate, repeated.
 
     Why: a list's items often share their best-supported statement ("6 of your last 10 movies were Action"),
-    so the likeliest line alone repeats the same sentence down a top-10 (a quarter of the lines, measured on
-    ml-100k); any true line is a valid explanation, and a list that says something different for each item
-    tells the user more."""
+    so the likeliest line alone repeats the same claim down a top-10 (a quarter of the lines, measured on
+    ml-100k), in the same or another wording; any true line is a valid explanation, and a list that says
+    something different for each item tells the user more."""
+    fallbacks = fallbacks or [[] for _ in candidates]
+    fallback_scores = fallback_scores or [[] for _ in candidates]
     used, out = set(), []
-    for cands, row in zip(candidates, scores):
+    for cands, row, tiers, tier_scores in zip(candidates, scores, fallbacks, fallback_scores):
         if not cands:
             out.append(None)
             continue
-        order = sorted(range(len(cands)), key=lambda i: -row[i])
-        pick = next((cands[i] for i in order if cands[i].text not in used), cands[order[0]])
-        used.add(pick.text)
+        ranked = [line for group, group_scores in [(cands, row), *zip(tiers, tier_scores)]
+                  for _, line in sorted(zip(group_scores, group), key=lambda pair: -pair[0])]
+        pick = next((line for line in ranked if statement(line) not in used), ranked[0])
+        used.add(statement(pick))
         out.append(pick)
     return out
 
@@ -102,9 +116,13 @@ class RankingExplainer:
         explainer = setup.explainer
         candidates = [explainer.candidates(explainer.evidence.build(example.user_id, example.history, item),
                                            cfg.paraphrases) for item, _ in ranked]
+        items = [item for item, _ in ranked]
+        fallbacks = None
         if cfg.select == "faithful":
-            candidates = self._faithful(example, [item for item, _ in ranked], candidates)
-        chosen = self._likeliest(example, [item for item, _ in ranked], candidates)
+            tiers = self._faithful_tiers(example, items, candidates)
+            candidates = [mine[0] for mine in tiers]
+            fallbacks = self._fallbacks(tiers)
+        chosen = self._likeliest(example, items, candidates, fallbacks)
         out = []
         for (item, score), line in zip(ranked, chosen):
             if line is None:
@@ -118,20 +136,35 @@ class RankingExplainer:
                   candidates: list[list[Explanation]]) -> list[list[Explanation]]:
         """Per item, the candidates citing the history set whose removal lowers its score most (all of them when
         none lowers it)."""
+        return [mine[0] for mine in self._faithful_tiers(example, items, candidates)]
+
+    def _faithful_tiers(self, example: Example, items: list[int],
+                        candidates: list[list[Explanation]]) -> list[list[list[Explanation]]]:
+        """Per item, its candidates grouped by the history set they cite, the set whose removal lowers the item's
+        score most first, then only the sets whose removal lowers it at all (one group of every candidate when
+        none lowers it)."""
         sets = list(dict.fromkeys(frozenset(c.cited) for cands in candidates for c in cands if c.cited))
         if not sets:
-            return candidates
+            return [[cands] for cands in candidates]
         histories = [example.history] + [tuple(h for h in example.history if h not in s) for s in sets]
         scores = self._item_scores(example.user_id, histories, items)  # [histories, items]
         out = []
         for j, cands in enumerate(candidates):
             mine = [s for s in dict.fromkeys(frozenset(c.cited) for c in cands if c.cited)]
-            if not mine:
-                out.append(cands)
-                continue
-            drops = {s: scores[0, j] - scores[1 + sets.index(s), j] for s in mine}
-            best = max(mine, key=drops.__getitem__)
-            out.append([c for c in cands if frozenset(c.cited) == best] if drops[best] > 0 else cands)
+            drops = {s: float(scores[0, j] - scores[1 + sets.index(s), j]) for s in mine}
+            lowering = sorted((s for s in mine if drops[s] > 0), key=lambda s: -drops[s])
+            out.append([[c for c in cands if frozenset(c.cited) == s] for s in lowering] if lowering else [cands])
+        return out
+
+    def _fallbacks(self, tiers: list[list[list[Explanation]]], depth: int = 2) -> list[list[list[Explanation]]]:
+        """Per item, the next ``depth`` groups of its faithful tiers, where it may need them: when every statement
+        of its first group is also in the first group of a higher-ranked item (so the list may already make
+        it). Scoring only those keeps the one packed forward small."""
+        out, above = [], set()
+        for mine in tiers:
+            first = {statement(c) for c in mine[0]}
+            out.append(mine[1: 1 + depth] if first and first <= above else [])
+            above |= first
         return out
 
     def _item_scores(self, user_id: str, histories: list[tuple[int, ...]], items: list[int]) -> torch.Tensor:
@@ -141,23 +174,34 @@ class RankingExplainer:
             return self.recommender.item_log_probs(prompts, shared_prefix=True)[:, items].cpu()
         return torch.tensor([[item_logprob(self.recommender, user_id, h, i) for i in items] for h in histories])
 
-    def _likeliest(self, example: Example, items: list[int],
-                   candidates: list[list[Explanation]]) -> list[Explanation | None]:
-        """The best-scored candidate line of every item: one forward pass reads the prompt once, each item's
-        title once, and every candidate line after its title (genrec.decoding.search.score_branches)."""
+    def _likeliest(self, example: Example, items: list[int], candidates: list[list[Explanation]],
+                   fallbacks: list[list[list[Explanation]]] | None = None) -> list[Explanation | None]:
+        """The chosen line of every item (``distinct_picks``): one forward pass reads the prompt once, each item's
+        title once, and every candidate and fallback line after its title
+        (genrec.decoding.search.score_branches)."""
+        fallbacks = fallbacks or [[] for _ in items]
         branches = []
-        for item, cands in zip(items, candidates):
+        for item, cands, tiers in zip(items, candidates, fallbacks):
             target = replace(example, target=item)
+            lines = [*cands, *(c for tier in tiers for c in tier)]
             branches.append((self._item_ids(item, example.user_id), [self.encoder.rationale_ids(
                 self.template.render_explanation(target, self.setup.split.catalog, self.identifier, c.text))
-                for c in cands]))
+                for c in lines]))
         if not any(lines for _, lines in branches):
             return [None] * len(items)
         shown = example.history[-self.setup.cfg.explain.prompt_history:]
         prompt = self.encoder.prompt_ids(replace(example, history=shown, target=None))
         scores = score_branches(self.recommender.model, prompt, branches, self.setup.cfg.explain.length_penalty,
                                 self.recommender.next_logp)
-        return distinct_picks(candidates, scores)
+        head_scores, tier_scores = [], []
+        for cands, tiers, row in zip(candidates, fallbacks, scores):
+            head_scores.append(row[:len(cands)])
+            rest, groups = row[len(cands):], []
+            for tier in tiers:
+                groups.append(rest[:len(tier)])
+                rest = rest[len(tier):]
+            tier_scores.append(groups)
+        return distinct_picks(candidates, head_scores, fallbacks, tier_scores)
 
     @functools.lru_cache(maxsize=4096)
     def _item_ids(self, item: int, user_id: str) -> list[int]:
