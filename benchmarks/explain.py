@@ -5,6 +5,10 @@
     .venv/bin/python benchmarks/explain.py [--config recipes/configs/ml100k/smollm2_explain.yaml]
         [--users 200] [--seed 42] [--retrain] [--out runs/explain] [--set KEY=VALUE ...]
 
+``--headline --compare-fallback-sets 0 1 2``: only the explained top-10's latency and USR for each
+``explain.fallback_sets`` value, on the same ``--users`` users, the settings interleaved user by user so
+that a busy host slows them alike (compare the ratios). Last line: one row per value.
+
 ``--headline`` (what `genrec serve` and `recommend.py explain=true` do): the headline recipe recommends,
 and every item of its top-10 is explained (genrec.explain.top_k) for a seeded sample of ``--users`` test
 users. Its ranking, one user per request as the explained path ranks, is scored on every test user
@@ -147,6 +151,38 @@ def explain_headline(args) -> dict:
             "adapter": str(checkpoint), "config": config, "train_minutes": round(seconds / 60, 2), "seed": args.seed}
 
 
+def compare_fallback_sets(args) -> dict:
+    """Explained top-10 latency and USR per explain.fallback_sets value, interleaved per user."""
+    import statistics
+
+    import torch
+
+    from genrec.explain.metrics import unique_sentence_ratio
+    from genrec.explain.top_k import RankingExplainer
+
+    cfg = load_config(args.config or "recipes/configs/ml100k/smollm2_atomic.yaml",
+                      [f"run.checkpoint={args.adapter}", *args.set] if args.adapter else args.set)
+    recommender, checkpoint = Recommender.load(cfg)
+    split = recommender.setup.split
+    autocast = make_accelerator(resolve_dtype(cfg.model.dtype)).autocast
+    explainers = {n: RankingExplainer(recommender, n) for n in args.compare_fallback_sets}
+    seconds = {n: [] for n in explainers}
+    lines = {n: [] for n in explainers}
+    with autocast():
+        for user in evaluation_users(split, args.users or None, args.seed):
+            ex = split.example(user, "test", cfg.data.max_history)
+            for n, explainer in explainers.items():
+                start = time.perf_counter()
+                explained = explainer(ex, recommender.rank([ex], [split.seen(user, "test")], 10).items[0])
+                seconds[n].append(time.perf_counter() - start)  # rank + explain, as a request does
+                lines[n] += [e.explanation for e in explained]
+    return {"mode": "compare_fallback_sets", "users": len(seconds[args.compare_fallback_sets[0]]),
+            "adapter": str(checkpoint), "threads": torch.get_num_threads(),
+            "rows": {str(n): {"explained_top10_p50": round(statistics.median(s), 3),
+                              "explained_top10_p95": round(percentile(s, 0.95), 3),
+                              "usr": round(unique_sentence_ratio(lines[n]), 4)} for n, s in seconds.items()}}
+
+
 def recipe_evaluate(config: str, overrides: list[str], out: Path) -> dict:
     """recipes/evaluate.py on every test user, as a user runs it (its own process)."""
     recipe("evaluate", config, [*overrides, f"run.output_dir={out}"])
@@ -164,8 +200,13 @@ def main() -> None:
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--out", default="runs/explain")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--compare-fallback-sets", type=int, nargs="+", metavar="N",
+                        help="--headline: only the explained top-10's latency and USR per explain.fallback_sets value")
     args = parser.parse_args()
     set_threads()
+    if args.headline and args.compare_fallback_sets:
+        print(json.dumps(compare_fallback_sets(args)))
+        return
     if args.headline:
         args.out = args.out if args.out != "runs/explain" else "runs/explain_headline"
         print(json.dumps(explain_headline(args)))

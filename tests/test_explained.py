@@ -285,6 +285,28 @@ def test_the_explain_benchmark_scores_the_headline_models_own_top10(headline, tm
     assert len(records) == 40 and all(r["claims_true"] == r["claims"] for r in records)
 
 
+def test_the_explain_benchmark_compares_fallback_settings_on_the_same_users(headline):
+    """benchmarks/explain.py --headline --compare-fallback-sets: one row per value, every one over the same users;
+    with no stand-in allowed a list repeats at least as many lines as with one."""
+    import importlib.util
+    from argparse import Namespace
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("explain_benchmark", REPO / "benchmarks" / "explain.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    overrides, _ = headline
+    adapter = load_config(None, overrides).run.output_dir + "/adapter"
+    config_overrides = [o for o in overrides if not o.startswith("run.output_dir=")]
+    result = bench.compare_fallback_sets(Namespace(config=None, adapter=adapter, users=6, seed=42,
+                                                   set=config_overrides, compare_fallback_sets=[0, 2]))
+    assert result["users"] == 6 and set(result["rows"]) == {"0", "2"}
+    rows = result["rows"]
+    assert all(0 < r["explained_top10_p50"] <= r["explained_top10_p95"] for r in rows.values())
+    assert rows["0"]["usr"] <= rows["2"]["usr"]
+
+
 @pytest.mark.parametrize("implementation", ["sdpa", "eager"])
 def test_histories_sharing_a_prefix_score_items_as_separate_prompts(headline, implementation):
     """Faithful selection reads the history and its copies with cited items removed in one packed forward

@@ -97,9 +97,12 @@ def distinct_picks(candidates: list[list[Explanation]], scores: list[list[float]
 
 
 class RankingExplainer:
-    def __init__(self, recommender):
+    def __init__(self, recommender, fallback_sets: int | None = None):
+        """``fallback_sets``: how many next-best cited sets may stand in for a claim already made higher in the
+        list (default: explain.fallback_sets)."""
         setup = recommender.setup
         self.recommender, self.setup = recommender, setup
+        self.fallback_sets = setup.cfg.explain.fallback_sets if fallback_sets is None else fallback_sets
         template = explanation_template(setup)
         self.template = template
         # the lines are scored with the items as titles (language the model reads), whatever the identifier
@@ -121,7 +124,7 @@ class RankingExplainer:
         if cfg.select == "faithful":
             tiers = self._faithful_tiers(example, items, candidates)
             candidates = [mine[0] for mine in tiers]
-            fallbacks = self._fallbacks(tiers)
+            fallbacks = self._fallbacks(tiers, self.fallback_sets)
         chosen = self._likeliest(example, items, candidates, fallbacks)
         out = []
         for (item, score), line in zip(ranked, chosen):
@@ -156,7 +159,7 @@ class RankingExplainer:
             out.append([[c for c in cands if frozenset(c.cited) == s] for s in lowering] if lowering else [cands])
         return out
 
-    def _fallbacks(self, tiers: list[list[list[Explanation]]], depth: int = 2) -> list[list[list[Explanation]]]:
+    def _fallbacks(self, tiers: list[list[list[Explanation]]], depth: int) -> list[list[list[Explanation]]]:
         """Per item, the next ``depth`` groups of its faithful tiers, where it may need them: when every statement
         of its first group is also in the first group of a higher-ranked item (so the list may already make
         it). Scoring only those keeps the one packed forward small."""
