@@ -85,18 +85,25 @@ def test_the_headline_model_explains_its_own_ranking_with_true_statements(headli
     assert explained_any >= 10
 
 
+def with_candidates(recommender, n: int):
+    """(example, its ranked items, each item's candidate statements, the history sets they cite) of n users."""
+    examples, ranked = cases(recommender, n)
+    explainer = recommender.setup.explainer
+    for example, top in zip(examples, ranked):
+        items = [i for i, _ in top]
+        candidates = [explainer.candidates(explainer.evidence.build(example.user_id, example.history, i))
+                      for i in items]
+        yield example, items, candidates, list(dict.fromkeys(
+            frozenset(c.cited) for cands in candidates for c in cands if c.cited))
+
+
 def test_faithful_selection_cites_the_set_whose_removal_lowers_the_item_most(headline, monkeypatch):
     from genrec.explain.top_k import RankingExplainer
 
     _, recommender = headline
     explainer = RankingExplainer(recommender)
-    examples, ranked = cases(recommender, 8)
     checked = 0
-    for example, top in zip(examples, ranked):
-        items = [i for i, _ in top]
-        candidates = [recommender.setup.explainer.candidates(
-            recommender.setup.explainer.evidence.build(example.user_id, example.history, i)) for i in items]
-        sets = list(dict.fromkeys(frozenset(c.cited) for cands in candidates for c in cands if c.cited))
+    for example, items, candidates, sets in with_candidates(recommender, 8):
         if len(sets) < 2:
             continue
         favourite = sets[-1]  # make removing this set hurt every item the most, and removing any other set help
@@ -197,13 +204,8 @@ def test_faithful_tiers_order_the_cited_sets_by_how_much_their_removal_lowers_th
 
     _, recommender = headline
     explainer = RankingExplainer(recommender)
-    examples, ranked = cases(recommender, 8)
     checked = 0
-    for example, top in zip(examples, ranked):
-        items = [i for i, _ in top]
-        candidates = [recommender.setup.explainer.candidates(
-            recommender.setup.explainer.evidence.build(example.user_id, example.history, i)) for i in items]
-        sets = list(dict.fromkeys(frozenset(c.cited) for cands in candidates for c in cands if c.cited))
+    for example, items, candidates, sets in with_candidates(recommender, 8):
         if len(sets) < 3:
             continue
         drop = {s: float(n) for n, s in enumerate(sets)}  # removing set n lowers every item by n (set 0: not at all)
