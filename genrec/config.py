@@ -217,7 +217,7 @@ class ExplainConfig:
     max_new_tokens: int = 48  # free decoding: most tokens an explanation may take
     paraphrases: int | None = 1  # explaining a recommender's own ranking: wordings scored per true statement (null = the whole bank; 1 = one, chosen by a stable hash of the pair, so the same statement still reads differently across pairs)
     prompt_history: int = 10  # explaining a recommender's own ranking: the most recent history items its explanation prompt shows (the evidence still reads the whole history)
-    fallback_sets: int = 2  # explaining a recommender's own ranking, faithful: when a higher-ranked item already made an item's best-evidence claim, how many next-best cited sets may stand in (0 = repeat the claim)
+    fallback_sets: int = 1  # explaining a recommender's own ranking, faithful: when a higher-ranked item already made an item's best-evidence claim, how many next-best cited sets may stand in (0 = repeat the claim)
     template: str = "prompts/explain_line.yaml"  # explaining a recommender whose own template writes no explanation (the headline recipes): the line is scored after this template's prompt (history as titles) and item
 
 
