@@ -11,7 +11,7 @@ its top-K items is explained the way ``explain.decoding=grounded`` explains (gen
 3. wording: the likeliest line under a language model reading the history as titles, the item, and the
    line (``explain.template``, default prompts/explain_line.yaml), mean log-probability per token, whose
    statement no higher-ranked item of the list already makes (``distinct_picks``); when every line of the
-   best set is taken, the likeliest of the set whose removal lowers the score second (then third) most;
+   best set is taken, the likeliest of the next sets by that drop (``explain.fallback_sets`` of them);
 4. the chosen line's claims are parsed and re-checked against the data (genrec.explain.verify).
 
 It is built for serving: all K items are explained together. For one-token items (atomic ids) step 2 is
