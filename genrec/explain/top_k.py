@@ -135,12 +135,6 @@ class RankingExplainer:
             out.append(ExplainedItem(item, score, line.text, tuple(sorted(verdict.cited)), verdict.claims))
         return out
 
-    def _faithful(self, example: Example, items: list[int],
-                  candidates: list[list[Explanation]]) -> list[list[Explanation]]:
-        """Per item, the candidates citing the history set whose removal lowers its score most (all of them when
-        none lowers it)."""
-        return [mine[0] for mine in self._faithful_tiers(example, items, candidates)]
-
     def _faithful_tiers(self, example: Example, items: list[int],
                         candidates: list[list[Explanation]]) -> list[list[list[Explanation]]]:
         """Per item, its candidates grouped by the history set they cite, the set whose removal lowers the item's
