@@ -33,7 +33,7 @@ from genrec.io import atomic_write_text
 from genrec.model.loading import resolve_dtype
 from genrec.paradigms.pointwise import evaluation_examples, rating_baselines, roc_auc, sharded_scores
 from genrec.recommender import Recommender
-from genrec.runtime import make_accelerator, run, set_threads, setup_logging
+from genrec.runtime import make_accelerator, peak_rss_mb, run, set_threads, setup_logging
 
 log = logging.getLogger("genrec")
 
@@ -128,7 +128,8 @@ def main(argv: list[str]) -> dict:
             attn_implementation=cfg.model.attn_implementation,
         ),
         "baselines": baseline_metrics(cfg, split, cases, cfg.eval.split),
-        "timing": {"seconds": round(elapsed, 1), per: round(len(cases) / elapsed, 3)},
+        # peak resident memory of this (main) process over the whole run: model, split and every ranking held
+        "timing": {"seconds": round(elapsed, 1), per: round(len(cases) / elapsed, 3), "peak_rss_mb": round(peak_rss_mb(), 1)},
     }
     out = Path(cfg.run.output_dir)
     atomic_write_text(out / "eval_results.json", json.dumps(results, indent=2))

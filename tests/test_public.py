@@ -328,6 +328,8 @@ def test_evaluate_and_sasrec_recipes_on_temporal_rows(tmp_path, tiny_model_dir):
         assert proto["rows"] == 12 == res["metrics"]["rows"] and proto["users"] == len({x["user_id"] for x in lines})
         assert proto["temporal_ratios"] == [0.8, 0.1, 0.1] and proto["ks"] == [3, 5, 10]
         assert res["baselines"]["popularity"]["rows"] == 12 and "hit@3" in res["metrics"]
+    # the scale target asks for peak memory beside the time: a process holding a model is well over 10 MB
+    assert results["timing"]["peak_rss_mb"] > 10 and results["timing"]["rows_per_s"] > 0
 
 
 # --------------------------------------------------------------------------- the fast atomic reader
