@@ -29,6 +29,7 @@ from genrec.causal.rationale import RationaleBuilder, rationale_metrics
 from genrec.config import load_config, parse_cli
 from genrec.errors import ConfigError
 from genrec.evaluation.protocol import evaluation_cases, period_start, protocol, rank_cases, rankings_jsonl, score_cases
+from genrec.evaluation.stream import RankingStream, folder_state, run_fingerprint
 from genrec.io import atomic_write_text
 from genrec.model.loading import resolve_dtype
 from genrec.paradigms.pointwise import evaluation_examples, rating_baselines, roc_auc, sharded_scores
@@ -93,12 +94,21 @@ def main(argv: list[str]) -> dict:
                               f"held-out interaction (leave-one-out), not on data.split={split.protocol} rows")
         return evaluate_pointwise(cfg, accelerator, recommender, [c.user_id for c in cases], checkpoint)
     k = max(cfg.eval.ks)
+    out = Path(cfg.run.output_dir)
+    # rankings go to disk batch by batch; a killed run started again with the same checkpoint and settings
+    # ranks only what is missing
+    stream = RankingStream(out, "rankings", run_fingerprint(
+        checkpoint=str(checkpoint), weights=folder_state(checkpoint), encoder=recommender.setup.encoder.fingerprint(),
+        options=recommender.options, members=len(recommender.members), k=k, split=cfg.eval.split,
+        dtype=str(resolve_dtype(cfg.model.dtype)), cases=[c.case_id for c in cases]), accelerator.process_index)
     start = time.time()
     why = {}
     with accelerator.autocast():
         mine = rank_cases(recommender, cases, cfg.eval.split, k, accelerator.process_index,
-                          accelerator.num_processes, progress=accelerator.is_main_process, rationales=why)
+                          accelerator.num_processes, progress=accelerator.is_main_process, rationales=why,
+                          stream=stream)
     elapsed = time.time() - start
+    ranked_now = len(cases) - stream.resumed
     rankings, rationales = {}, {}
     for part, part_why in accelerator.gather_for_metrics([(mine, why)], use_gather_object=True):
         rankings.update(part)
@@ -129,11 +139,13 @@ def main(argv: list[str]) -> dict:
         ),
         "baselines": baseline_metrics(cfg, split, cases, cfg.eval.split),
         # peak resident memory of this (main) process over the whole run: model, split and every ranking held
-        "timing": {"seconds": round(elapsed, 1), per: round(len(cases) / elapsed, 3), "peak_rss_mb": round(peak_rss_mb(), 1)},
+        # seconds and speed of the cases ranked by this run (a resumed run took ``resumed`` from disk)
+        "timing": {"seconds": round(elapsed, 1), per: round(ranked_now / max(elapsed, 1e-9), 3),
+                   "resumed": stream.resumed, "peak_rss_mb": round(peak_rss_mb(), 1)},
     }
-    out = Path(cfg.run.output_dir)
     atomic_write_text(out / "eval_results.json", json.dumps(results, indent=2))
     atomic_write_text(out / "rankings.jsonl", rankings_jsonl(split, cases, rankings, rationales))
+    stream.remove_all()
     m, unit = results["metrics"], per.split("_")[0]
     at = 10 if 10 in cfg.eval.ks else max(cfg.eval.ks)
     log.info("%s on %d %s: HR@%d %.4f  NDCG@%d %.4f  MRR@%d %.4f  valid %.3f  dup %.3f  (%.2f %s/s)",

@@ -13,12 +13,15 @@ from __future__ import annotations
 import json
 import random
 
+from tqdm.auto import tqdm
+
 from genrec.config import Config
 from genrec.data.splits import Case, Split
 from genrec.decoding.options import DecodeOptions
 from genrec.errors import DataError
 from genrec.evaluation.bias import bias_metrics
 from genrec.evaluation.metrics import ranking_metrics
+from genrec.evaluation.stream import RankingStream
 
 
 def evaluation_cases(split: Split, n: int | None, seed: int, after: float | None = None,
@@ -63,27 +66,55 @@ def shard_batches(lengths: list[int], batch_size: int, rank: int, world: int) ->
 
 def rank_cases(recommender, cases: list[Case], split_name: str, k: int, rank: int = 0, world: int = 1,
                progress: bool = False, rationales: dict | None = None,
-               options: DecodeOptions | None = None) -> dict[str, list[tuple[int, float]]]:
+               options: DecodeOptions | None = None,
+               stream: RankingStream | None = None) -> dict[str, list[tuple[int, float]]]:
     """Top-k for the cases of this shard, keyed by case id, decoded as ``options`` say (default: the
     recommender's); ``rationales`` collects each case's written rationale when the template has one. Seen
     items (each case's history) are left out under exclude_seen; otherwise the trie admits them, and each list
-    still holds distinct catalog items."""
+    still holds distinct catalog items.
+
+    ``stream``: the cases already on disk for this run are taken from there (and returned with this shard's),
+    only the rest is ranked and sharded, and each finished batch is appended to this process's partial file
+    (genrec.evaluation.stream). A resumed run batches the remaining cases anew."""
     setup = recommender.setup
     options = options or recommender.options
+    done, done_why = stream.load() if stream is not None else ({}, {})
+    if done:
+        cases = [c for c in cases if c.case_id not in done]
+        if rationales is not None:
+            rationales.update(done_why)
     max_history = setup.cfg.data.max_history
     examples = [setup.split.case_example(c, max_history) for c in cases]
     prompts = [setup.encoder.prompt_ids(ex) for ex in examples]
     mine = [i for batch in shard_batches([len(p) for p in prompts], options.batch_users, rank, world) for i in batch]
     unit = "users" if setup.split.protocol == "leave_one_out" else "rows"
-    ranked = recommender.rank(
-        [examples[i] for i in mine],
-        [setup.split.case_seen(cases[i]) if options.exclude_seen else set() for i in mine],
-        k, options, progress=progress, desc=f"{split_name} {unit} (process {rank})", prompts=[prompts[i] for i in mine],
-    )
-    if rationales is not None and ranked.rationales is not None:
-        rationales.update({cases[i].case_id: recommender.decode_rationale(r)
-                           for i, r in zip(mine, ranked.rationales)})
-    return {cases[i].case_id: r for i, r in zip(mine, ranked.items)}
+    step = max(1, options.batch_users)  # the batches shard_batches made: one recommender.rank call each
+    handle = stream.open() if stream is not None else None
+    bar = tqdm(total=len(mine), desc=f"{split_name} {unit} (process {rank})", disable=not progress, unit=unit[:-1])
+    out = dict(done)
+    try:
+        for lo in range(0, len(mine), step):
+            part = mine[lo: lo + step]
+            ranked = recommender.rank(
+                [examples[i] for i in part],
+                [setup.split.case_seen(cases[i]) if options.exclude_seen else set() for i in part],
+                k, options, prompts=[prompts[i] for i in part],
+            )
+            why = {}
+            if ranked.rationales is not None:
+                why = {cases[i].case_id: recommender.decode_rationale(r) for i, r in zip(part, ranked.rationales)}
+                if rationales is not None:
+                    rationales.update(why)
+            ranking = {cases[i].case_id: r for i, r in zip(part, ranked.items)}
+            out.update(ranking)
+            if handle is not None:
+                RankingStream.append(handle, ranking, why)
+            bar.update(len(part))
+    finally:
+        bar.close()
+        if handle is not None:
+            handle.close()
+    return out
 
 
 def rank_users(recommender, users: list[str], split_name: str, k: int, rank: int = 0, world: int = 1,
