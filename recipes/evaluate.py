@@ -102,6 +102,8 @@ def main(argv: list[str]) -> dict:
         options=recommender.options, members=len(recommender.members), k=k, split=cfg.eval.split,
         dtype=str(resolve_dtype(cfg.model.dtype)), cases=[c.case_id for c in cases]), accelerator.process_index)
     start = time.time()
+    stream.load()
+    accelerator.wait_for_everyone()  # every process has read the partial files before any process writes its own
     why = {}
     with accelerator.autocast():
         mine = rank_cases(recommender, cases, cfg.eval.split, k, accelerator.process_index,

@@ -95,9 +95,55 @@ def main() -> None:
     run("exact", config, overrides)
     run("resumed", config, [*overrides, "train.save_every=2", "train.halt_after_steps=2"], evaluate_too=False)
     run("resumed", config, [*overrides, "train.save_every=2", "run.resume=true"], evaluate_too=False)
+    resumed_evaluation(evaluate, state, out, summary)
     state.wait_for_everyone()
     if state.is_main_process:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+class KilledForTest(RuntimeError):
+    pass
+
+
+def resumed_evaluation(evaluate, state, out: Path, summary: dict) -> None:
+    """The "exact" adapter evaluated by both processes, each killed at its second batch (its first is on
+    disk by then), then started again: "resumed_eval" records how many cases the partial files held."""
+    import torch.distributed as dist
+
+    from genrec.recommender import Recommender
+
+    args = driver_arguments()
+    config, overrides = EXACT
+    folder = out / "resumed_eval"
+    argv = ["--config", config, *tiny(args.model, args.data, out / "exact"), *overrides,
+            f"run.checkpoint={out / 'exact' / 'adapter'}", f"run.output_dir={folder}"]
+    record = {"dir": str(folder), "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+              "processes": state.num_processes}
+    rank, calls = Recommender.rank, []
+
+    def dies_at_the_second_batch(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KilledForTest("killed")
+        return rank(self, *a, **kw)
+
+    try:
+        Recommender.rank = dies_at_the_second_batch
+        try:
+            evaluate.main(argv)
+        except KilledForTest:
+            pass
+        finally:
+            Recommender.rank = rank
+        state.wait_for_everyone()
+        record["partial_lines"] = sum(len(p.read_text().splitlines()) - 1
+                                      for p in folder.glob("rankings.partial-*.jsonl"))
+        record["partial_files"] = len(list(folder.glob("rankings.partial-*.jsonl")))
+        state.wait_for_everyone()  # counted before the second run appends
+        evaluate.main(argv)
+    except Exception:  # noqa: BLE001 - recorded for the test to report
+        record["error"] = traceback.format_exc()[-3000:]
+    summary["resumed_eval"] = record
 
 
 if __name__ == "__main__":

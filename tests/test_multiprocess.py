@@ -119,6 +119,27 @@ def test_evaluation_over_two_processes_ranks_exactly_like_one(multiprocess_runs,
     assert (tmp_path / "rankings.jsonl").read_text() == (run / "eval" / "rankings.jsonl").read_text()
 
 
+def test_a_killed_two_process_evaluation_resumes_from_both_partial_files(multiprocess_runs):
+    """Each process streamed its first batch before the kill; the second launch reads both files (before
+    either process writes again), ranks only the rest, and the lines it took from disk are the ones an
+    uninterrupted two-process evaluation wrote."""
+    run = run_of(multiprocess_runs, "resumed_eval")
+    _, summary = multiprocess_runs
+    record = summary["resumed_eval"]
+    assert record["partial_files"] == 2 and record["partial_lines"] > 0
+    results = json.loads((run / "eval_results.json").read_text())
+    assert results["protocol"]["processes"] == 2 and results["timing"]["resumed"] == record["partial_lines"]
+    assert not list(run.glob("rankings.partial-*.jsonl"))
+    lines = [json.loads(x) for x in (run / "rankings.jsonl").read_text().splitlines()]
+    assert len(lines) == 24 and all(len(set(x["items"])) == len(x["items"]) == 20 for x in lines)
+    whole = {json.loads(x)["user_id"]: x for x in
+             (run.parent / "exact" / "eval" / "rankings.jsonl").read_text().splitlines()}
+    mine = {json.loads(x)["user_id"]: x for x in (run / "rankings.jsonl").read_text().splitlines()}
+    assert mine.keys() == whole.keys()
+    same = sum(mine[u] == whole[u] for u in whole)
+    assert same >= record["partial_lines"]  # at least every case taken from disk is exactly as first ranked
+
+
 @pytest.fixture(scope="module")
 def fsdp_results(tiny_model_dir, toy_data_dir, tmp_path_factory) -> dict:
     import os

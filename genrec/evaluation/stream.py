@@ -40,13 +40,18 @@ class RankingStream:
         self.folder, self.stem, self.fingerprint = Path(folder), stem, fingerprint
         self.path = self.folder / f"{stem}.partial-{rank}.jsonl"
         self.resumed = 0  # cases load() found on disk
+        self._loaded = None
 
     def files(self) -> list[Path]:
         return sorted(self.folder.glob(f"{self.stem}.partial-*.jsonl"))
 
     def load(self) -> tuple[dict[str, list[tuple[int, float]]], dict[str, str]]:
         """The rankings (case id → [(catalog index, score)]) and rationales already on disk for this
-        fingerprint; files of another run are ignored (and replaced when this process writes)."""
+        fingerprint; files of another run are ignored (and replaced when this process writes). Read once:
+        later calls return the first answer. Under several processes every one must have read before any
+        writes (a barrier after this call), or one would take another's fresh lines as done and skip them."""
+        if self._loaded is not None:
+            return self._loaded
         done, why = {}, {}
         for path in self.files():
             lines = path.read_text(encoding="utf-8").split("\n")
@@ -66,6 +71,7 @@ class RankingStream:
                 if "rationale" in row:
                     why[row["case_id"]] = row["rationale"]
         self.resumed = len(done)
+        self._loaded = (done, why)
         if done:
             log.info("resuming: %d cases already ranked in %s", len(done), self.folder)
         return done, why
