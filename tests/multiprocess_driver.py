@@ -12,6 +12,7 @@ output folder; the tests read the files themselves.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import traceback
@@ -101,16 +102,13 @@ def main() -> None:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
-class KilledForTest(RuntimeError):
-    pass
-
-
 def resumed_evaluation(evaluate, state, out: Path, summary: dict) -> None:
     """The "exact" adapter evaluated by both processes, each killed at its second batch (its first is on
     disk by then), then started again: "resumed_eval" records how many cases the partial files held."""
     import torch.distributed as dist
 
     from genrec.recommender import Recommender
+    from helpers_recipes import KilledForTest, killed_at_call
 
     args = driver_arguments()
     config, overrides = EXACT
@@ -119,22 +117,9 @@ def resumed_evaluation(evaluate, state, out: Path, summary: dict) -> None:
             f"run.checkpoint={out / 'exact' / 'adapter'}", f"run.output_dir={folder}"]
     record = {"dir": str(folder), "world_size": dist.get_world_size() if dist.is_initialized() else 1,
               "processes": state.num_processes}
-    rank, calls = Recommender.rank, []
-
-    def dies_at_the_second_batch(self, *a, **kw):
-        calls.append(1)
-        if len(calls) == 2:
-            raise KilledForTest("killed")
-        return rank(self, *a, **kw)
-
     try:
-        Recommender.rank = dies_at_the_second_batch
-        try:
+        with contextlib.suppress(KilledForTest), killed_at_call(Recommender, "rank", 2):
             evaluate.main(argv)
-        except KilledForTest:
-            pass
-        finally:
-            Recommender.rank = rank
         state.wait_for_everyone()
         record["partial_lines"] = sum(len(p.read_text().splitlines()) - 1
                                       for p in folder.glob("rankings.partial-*.jsonl"))

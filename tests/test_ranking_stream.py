@@ -6,13 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers_recipes import load_recipe
+from helpers_recipes import KilledForTest, killed_at_call, load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class Killed(RuntimeError):
-    pass
 
 
 @pytest.fixture()
@@ -37,18 +33,8 @@ def test_a_killed_evaluation_leaves_its_finished_batches_and_resumes_from_them(e
     (out / "eval_results.json").unlink()
 
     # killed during its third batch: the first two are on disk, nothing final is written
-    rank, calls = Recommender.rank, []
-
-    def dies_on_the_third_batch(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise Killed("killed")
-        return rank(self, *args, **kwargs)
-
-    monkeypatch.setattr(Recommender, "rank", dies_on_the_third_batch)
-    with pytest.raises(Killed):
+    with pytest.raises(KilledForTest), killed_at_call(Recommender, "rank", 3):
         evaluate.main(eval_args)
-    monkeypatch.setattr(Recommender, "rank", rank)
     [partial] = partials(out)
     lines = partial.read_text().splitlines()
     assert "fingerprint" in json.loads(lines[0]) and len(lines) == 1 + 8
@@ -56,7 +42,7 @@ def test_a_killed_evaluation_leaves_its_finished_batches_and_resumes_from_them(e
     with partial.open("a") as f:
         f.write('{"case_id": "cut short by the kil')  # a line a kill cut in half is ranked again, not trusted
 
-    ranked = []
+    ranked, rank = [], Recommender.rank
     monkeypatch.setattr(Recommender, "rank", lambda self, examples, *a, **kw: ranked.append(len(examples))
                         or rank(self, examples, *a, **kw))
     resumed = evaluate.main(eval_args)
@@ -90,18 +76,8 @@ def fingerprint_of(out: Path, args: list[str]) -> str:
     """The fingerprint a run with ``args`` writes: read from the partial file of a run killed at once."""
     from genrec.recommender import Recommender
 
-    evaluate = load_recipe("evaluate")
-    rank = Recommender.rank
-
-    def dies(self, *a, **kw):
-        raise Killed("killed")
-
-    Recommender.rank = dies
-    try:
-        with pytest.raises(Killed):
-            evaluate.main(args)
-    finally:
-        Recommender.rank = rank
+    with pytest.raises(KilledForTest), killed_at_call(Recommender, "rank", 1):
+        load_recipe("evaluate").main(args)
     [partial] = partials(out)
     fingerprint = json.loads(partial.read_text().splitlines()[0])["fingerprint"]
     partial.unlink()
