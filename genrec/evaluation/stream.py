@@ -1,7 +1,7 @@
-"""Rankings streamed to disk while an evaluation runs, so a long one (all 22,363 Amazon Beauty users take
-about 8 minutes on 2 cores) holds no more than it must and a killed one resumes where it stopped.
+"""Rankings streamed to disk while an evaluation runs, so the finished part of a long one (all 22,363 Amazon
+Beauty users take about 8 minutes on 2 cores) is on disk as it goes and a killed one resumes where it stopped.
 
-Each process appends every finished chunk of cases to its own ``<stem>.partial-<rank>.jsonl`` (a header
+Each process appends every finished batch of cases to its own ``<stem>.partial-<rank>.jsonl`` (a header
 line with the run's fingerprint, then one line per case: its catalog indices, scores and, with a
 rationale template, the rationale) and flushes it. A new run with the same fingerprint (checkpoint,
 config, split, k, cases) reads every partial file there first and ranks only the cases they lack;
