@@ -79,17 +79,15 @@ class RankingStream:
     def open(self):
         """Start (or continue) this process's file: appended to when it holds this run's lines, else new."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        fresh = True
-        if self.path.exists():
-            first = self.path.read_text(encoding="utf-8").split("\n", 1)[0]
-            try:
-                fresh = json.loads(first).get("fingerprint") != self.fingerprint
-            except json.JSONDecodeError:
-                fresh = True
+        text = self.path.read_text(encoding="utf-8") if self.path.exists() else ""
+        try:
+            fresh = json.loads(text.split("\n", 1)[0]).get("fingerprint") != self.fingerprint
+        except json.JSONDecodeError:
+            fresh = True
         handle = self.path.open("w" if fresh else "a", encoding="utf-8")
         if fresh:
             handle.write(json.dumps({"fingerprint": self.fingerprint}) + "\n")
-        elif not self.path.read_text(encoding="utf-8").endswith("\n"):
+        elif not text.endswith("\n"):
             handle.write("\n")  # end a line a kill cut short, so the next one parses
         handle.flush()
         return handle
