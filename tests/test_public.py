@@ -399,3 +399,26 @@ def test_public_benchmark_smoke(tmp_path, tiny_model_dir, dataset, systems):
         proto = json.loads((tmp_path / "out" / "seed-42" / system / "eval_results.json").read_text())["protocol"]
         assert proto["seen_items"] == ("excluded from ranking" if dataset == "beauty" else "allowed")
         assert proto[count] == 16
+
+
+def test_public_benchmark_genrec_from_sasrec_rows_trains_the_sasrec_first_and_counts_it(tmp_path, tiny_model_dir):
+    """items.atomic_init=sasrec: the seed's SASRec is trained (though not asked for as a system), its checkpoint
+    starts genrec's rows, and genrec's minutes are its SASRec's plus its LLM's."""
+    folder = write_minionerec(tmp_path / "data")
+    cmd = [sys.executable, str(REPO / "benchmarks" / "public.py"), "--dataset", "office", "--smoke", "--out",
+           str(tmp_path / "out"), "--systems", "genrec", "--set", f"data.path={folder}",
+           f"model.name_or_path={tiny_model_dir}", "model.dtype=float32", "items.atomic_init=sasrec",
+           "items.sasrec_checkpoint=replaced/per/seed.pt"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "GENREC_RECIPES_IN_PROCESS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "sasrec" not in result and set(result["train_minutes"]) == {"genrec"}
+    seed = tmp_path / "out" / "seed-42"
+    sas, llm = (json.loads((seed / name / "train_seconds.json").read_text())["seconds"] for name in ("sasrec", "genrec"))
+    assert sas > 0 and llm > 0
+    assert result["genrec_train_minutes"] == {"sasrec": round(sas / 60, 2), "llm": round(llm / 60, 2)}
+    assert result["train_minutes"]["genrec"] == round((sas + llm) / 60, 2)
+    assert (seed / "sasrec" / "sasrec.pt").is_file()
+    protocol = json.loads((seed / "genrec" / "eval_results.json").read_text())["protocol"]
+    assert protocol["rows"] == 16

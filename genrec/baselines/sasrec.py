@@ -274,8 +274,9 @@ def save(path: Path, model: SASRec, p: SASRecConfig, split: Split, seed: int, re
                     "training_data": training_fingerprint(split), "seed": seed, "fit": dataclasses.asdict(result)}, tmp)
 
 
-def load(path: Path, p: SASRecConfig, split: Split, seed: int) -> tuple[SASRec, FitResult]:
-    """The model in ``path``, after checking that it was trained with these settings on this data."""
+def _read_checked(path: Path, split: Split) -> dict:
+    """The checkpoint in ``path``, after checking that it was trained on this split's training parts (never
+    on validation or test items) over this catalog."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)  # no pickled code runs
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
@@ -286,6 +287,12 @@ def load(path: Path, p: SASRecConfig, split: Split, seed: int) -> tuple[SASRec, 
     if state["catalog"] != catalog_fingerprint(split.catalog) or state["training_data"] != training_fingerprint(split):
         raise CheckpointError(f"{path}: trained on other data (catalog or training interactions differ); "
                               "use the data config it was trained with, or sasrec.retrain=true")
+    return state
+
+
+def load(path: Path, p: SASRecConfig, split: Split, seed: int) -> tuple[SASRec, FitResult]:
+    """The model in ``path``, after checking that it was trained with these settings on this data."""
+    state = _read_checked(path, split)
     wanted = {**model_settings(p), "seed": seed}
     found = {**state["settings"], "seed": state["seed"]}
     differ = sorted(k for k in wanted if wanted[k] != found.get(k))
@@ -296,3 +303,15 @@ def load(path: Path, p: SASRecConfig, split: Split, seed: int) -> tuple[SASRec, 
     model.load_state_dict(state["state_dict"])
     model.eval()
     return model, FitResult(**state["fit"])
+
+
+def item_embeddings(path: str | Path, split: Split) -> torch.Tensor:
+    """[items, hidden] fp32: the item embeddings of a trained SASRec checkpoint, row i = catalog index i; what
+    ``items.atomic_init=sasrec`` starts the LLM's item-token rows from. The checkpoint must come from this
+    split's training parts (checked), so its rows carry nothing of the validation or test targets."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"items.sasrec_checkpoint: {path} is not a file; train one first "
+                              "(python recipes/sasrec.py --config <the SASRec recipe of this data>)")
+    state = _read_checked(path, split)
+    return state["state_dict"]["item_emb.weight"][1:].float()
