@@ -159,7 +159,7 @@ class TrainConfig:
     save_every: int = 0  # checkpoint every N optimizer steps (0 = only at the end)
     keep_checkpoints: int = 2  # newest step checkpoints kept in <output_dir>/checkpoints
     halt_after_steps: int | None = None  # stop early as if interrupted (for time-boxed runs and resume tests)
-    max_minutes: float | None = None  # wall-clock budget of the training loop: after its first steps the run times itself and cuts its step count (the schedule follows) to fit; if it still overruns it halts at the budget with a resumable checkpoint
+    max_minutes: float | None = None  # wall-clock budget of the training loop: after its first steps the run times itself and cuts its step count (the schedule follows) to fit; if it still overruns it ends at the budget (final validation, best weights kept, adapter written) before its schedule does
     init_adapter: str | None = None  # start from this adapter folder's weights (incremental update; the reference of train.loss=softmax_dpo)
     examples: int | None = None  # train on a seeded sample of this many training examples (few-shot; null = all)
     ensemble: int = 1  # > 1 (atomic ids): train this many members (seeds run.seed + 1000k) and rank by their mean log-probability (genrec.decoding.ensemble)

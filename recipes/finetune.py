@@ -83,7 +83,7 @@ class TimeBudget:
     says how many steps fit the budget, once; then says when the budget is spent."""
 
     CALIBRATION_STEPS = 5
-    MARGIN = 0.95  # plan to end a little early: steps vary in length, and a halt leaves no final adapter
+    MARGIN = 0.95  # plan to end a little early: steps vary in length, and an overrun ends before the schedule does
 
     def __init__(self, minutes: float | None, start_step: int = 0, clock=time.time):
         self.active = bool(minutes)
@@ -447,9 +447,11 @@ def train(cfg, accelerator) -> bool:
                 log.info("train.max_minutes=%g: %.1f s/step here, all %d steps fit; training ends about %s",
                          cfg.train.max_minutes, budget.seconds_per_step, total,
                          time.strftime("%H:%M", time.localtime(budget.end_of(step, total))))
-            if step < stop_at and budget.spent(slowest):
-                log.info("train.max_minutes=%g spent at step %d of %d", cfg.train.max_minutes, step, total)
-                stop_at = step
+            if step < stop_at and budget.spent(slowest):  # the plan overran: end here, as a finished run
+                log.info("train.max_minutes=%g spent at step %d of %d: ending the run here (final validation, "
+                         "adapter)", cfg.train.max_minutes, step, total)
+                metrics.write({"step": step, "budget_spent": True, "planned_steps": total})
+                stop_at = total = step
 
         if step % cfg.train.log_every == 0 or step == stop_at:
             n = cfg.train.log_every if step % cfg.train.log_every == 0 else (step % cfg.train.log_every)
