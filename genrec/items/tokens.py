@@ -78,14 +78,14 @@ def grow_embeddings(model, tokenizer, catalog: Catalog, token_ids: list[int], in
     with torch.no_grad():
         for n, matrix in enumerate(matrices):
             base = matrix[: min(old_rows, min(token_ids))].float()
-            if init in ("title", "sasrec"):
-                rows = torch.stack([base[torch.tensor(ids)].mean(0) if ids else base.mean(0) for ids in texts]) \
-                    if init == "title" else projected_rows(item_vectors, base, seed)
-                if members is not None:
-                    rows = torch.stack([rows[torch.tensor(items)].mean(0) for items in members])
-            else:
+            if init == "random":
                 gen = torch.Generator().manual_seed(seed + n)
                 rows = torch.randn(len(token_ids), base.shape[1], generator=gen) * base.std()
+            else:  # one row per catalog item, then per token (the mean over the items it stands for)
+                rows = projected_rows(item_vectors, base, seed) if init == "sasrec" else \
+                    torch.stack([base[torch.tensor(ids)].mean(0) if ids else base.mean(0) for ids in texts])
+                if members is not None:
+                    rows = torch.stack([rows[torch.tensor(items)].mean(0) for items in members])
             matrix[index] = rows.to(matrix.dtype)
 
 
