@@ -11,7 +11,12 @@ combination of runs of the same system (mean log-probability, as ``train.ensembl
 validation and test items: leave-one-out, full ranking, seen items excluded, the same metric code.
 This is how the ensemble size of ``smollm2_atomic_ensemble.yaml`` was chosen (on validation), and it
 gives SASRec the same treatment, so that an ensemble is compared with an ensemble.
-Last line: {"users": N, "genrec": {"valid": {"42": ndcg@10, "42+43": ..., ...}, "test": {...}}, "sasrec": {...}}.
+With ``--sasrec-weights W ...`` it also scores each seed's genrec run times its own SASRec, ranked by
+log p_LLM + w * log p_SASRec for each w: how ``decode.sasrec_weight`` is chosen (on validation). It reads any
+folder of that layout, e.g. ``--root runs/public/beauty --genrec-config recipes/configs/beauty/smollm2_atomic.yaml
+--sasrec-config recipes/configs/beauty/sasrec.yaml`` (what ``benchmarks/public.py`` trained).
+Last line: {"users": N, "genrec": {"valid": {"42": ndcg@10, "42+43": ..., ...}, "test": {...}}, "sasrec": {...},
+"genrec+sasrec": {"valid": {"42 w=1.0": ...}, ...} (with --sasrec-weights)}.
 """
 
 from __future__ import annotations
@@ -41,9 +46,13 @@ from genrec.runtime import make_accelerator, set_threads  # noqa: E402
 SPLITS = ("valid", "test")
 
 
-def genrec_log_probs(config: str, adapter: Path, overrides: list[str]) -> dict[str, torch.Tensor]:
-    """split -> [users, items] log p(item | the user's prompt) for one adapter (member 0 if an ensemble)."""
+def genrec_log_probs(config: str, adapter: Path, overrides: list[str], sasrec_checkpoint: Path) -> dict[str, torch.Tensor]:
+    """split -> [users, items] log p(item | the user's prompt) for one adapter (member 0 if an ensemble), the LLM
+    alone (never weighed with a SASRec). ``sasrec_checkpoint``: the seed's, for a recipe that reads one."""
     cfg = load_config(config, [f"run.checkpoint={adapter}", "decode.members=1", *overrides])
+    if cfg.items.sasrec_checkpoint:  # the recipe's item rows (or ranking) read a SASRec: this seed's
+        cfg = load_config(config, [f"run.checkpoint={adapter}", "decode.members=1", *overrides,
+                                   f"items.sasrec_checkpoint={sasrec_checkpoint}"])
     accelerator = make_accelerator(resolve_dtype(cfg.model.dtype))
     rec, _ = Recommender.load(cfg)
     setup, out = rec.setup, {}
@@ -61,10 +70,9 @@ def genrec_log_probs(config: str, adapter: Path, overrides: list[str]) -> dict[s
     return out
 
 
-def sasrec_log_probs(config: str, checkpoint: Path, seed: int, overrides: list[str]) -> dict[str, torch.Tensor]:
-    cfg = load_config(config, overrides)
-    split = load_split(cfg)
-    model, _ = sasrec.load(checkpoint, cfg.sasrec, split, seed)
+def sasrec_log_probs(config: str, checkpoint: Path, overrides: list[str]) -> dict[str, torch.Tensor]:
+    split = load_split(load_config(config, overrides))
+    model = sasrec.trained_model(checkpoint, split)  # with the settings it was trained with
     return {s: torch.log_softmax(sasrec.item_scores(model, [split.example(u, s, model.max_len).history
                                                             for u in split.eval_users]), -1) for s in SPLITS}
 
@@ -94,6 +102,8 @@ def main() -> None:
     parser.add_argument("--genrec-config", default="recipes/configs/ml100k/smollm2_atomic.yaml")
     parser.add_argument("--sasrec-config", default="recipes/configs/ml100k/sasrec.yaml")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for both systems")
+    parser.add_argument("--sasrec-weights", type=float, nargs="*", default=[],
+                        help="also each seed's genrec x its SASRec, log p_LLM + w log p_SASRec, for each w")
     args = parser.parse_args()
     set_threads()
     root = Path(args.root)
@@ -107,15 +117,21 @@ def main() -> None:
         subprocess.run(cmd, check=True, cwd=REPO)
     split = load_split(load_config(args.genrec_config, args.set))
     result = {"users": len(split.eval_users), "seeds": args.seeds}
-    llm = {s: genrec_log_probs(args.genrec_config, root / f"seed-{s}" / "genrec" / "adapter", args.set)
+    checkpoints = {s: root / f"seed-{s}" / "sasrec" / "sasrec.pt" for s in args.seeds}
+    llm = {s: genrec_log_probs(args.genrec_config, root / f"seed-{s}" / "genrec" / "adapter", args.set, checkpoints[s])
            for s in args.seeds}
-    sas = {s: sasrec_log_probs(args.sasrec_config, root / f"seed-{s}" / "sasrec" / "sasrec.pt", s, args.set)
-           for s in args.seeds}
+    sas = {s: sasrec_log_probs(args.sasrec_config, checkpoints[s], args.set) for s in args.seeds}
     for name, runs in (("genrec", llm), ("sasrec", sas)):
         result[name] = combinations(runs, split, args.seeds)
         for s in SPLITS:
             print(f"{name:7s} {s:5s} " + "  ".join(f"{k}: {v['ndcg@10']:.4f}" for k, v in result[name][s].items()),
                   flush=True)
+    if args.sasrec_weights:
+        result["genrec+sasrec"] = {s: {f"{seed} w={w}": ndcg_of(llm[seed][s] + w * sas[seed][s], split, s)
+                                       for seed in args.seeds for w in args.sasrec_weights} for s in SPLITS}
+        for s in SPLITS:
+            print(f"genrec+sasrec {s:5s} " + "  ".join(f"{k}: {v['ndcg@10']:.4f}"
+                                                      for k, v in result["genrec+sasrec"][s].items()), flush=True)
     print(json.dumps(result))
 
 

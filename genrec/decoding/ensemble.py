@@ -147,11 +147,12 @@ def mean_item_log_probs(model, prompts: list[list[int]], index: ItemIndex, pad_i
 def ensemble_topk(model, prompts: list[list[int]], index: ItemIndex, k: int,
                   excluded: list[set[int]] | None = None, pad_id: int = 0,
                   node_prior: torch.Tensor | None = None, adapters: list[str | None] | None = None,
-                  next_logp: NextTokenLogProbs | None = None, trie_normalize: bool = False
-                  ) -> list[list[tuple[int, float]]]:
+                  next_logp: NextTokenLogProbs | None = None, trie_normalize: bool = False,
+                  added: torch.Tensor | None = None) -> list[list[tuple[int, float]]]:
     """Top-``k`` items per prompt, best first, as (catalog index, score): what ``constrained_topk`` gives one
     model, with the members' mean log p(item | prompt) (``mean_item_log_probs``, renormalised over the catalog
-    with ``trie_normalize``) in place of its log p, plus the node prior's leaf-minus-root.
+    with ``trie_normalize``) in place of its log p, plus the node prior's leaf-minus-root, plus ``added``
+    ([prompts, items], another model's weighted log-probabilities: decode.sasrec_weight).
 
     The search's other settings change nothing here, so they are not asked for: an item is one token, every
     item finishes at the first step (num_beams bounds only the beams still going) and its length is 1
@@ -160,4 +161,6 @@ def ensemble_topk(model, prompts: list[list[int]], index: ItemIndex, k: int,
     if node_prior is not None:
         prior = node_prior.to(device=score.device, dtype=torch.float32)
         score += prior[index.item_path[:, 0].to(score.device)] - prior[0]
+    if added is not None:
+        score += added.to(device=score.device, dtype=score.dtype)
     return top_k_unseen(score, excluded or [], k)

@@ -33,6 +33,7 @@ class DecodeOptions:
     propensity_mix: float  # decode.propensity_mix: prior log(1 + beta * w(item))
     ips_clip: float  # eval.ips_clip: the cap on w(item), the inverse propensity propensity_mix weighs by
     rationale_max_new_tokens: int  # reason.max_new_tokens: most tokens of a rationale written before the item
+    sasrec_weight: float = 0.0  # decode.sasrec_weight: add w * log p_SASRec(item | history) to each item's score
 
     @classmethod
     def from_config(cls, cfg: Config) -> DecodeOptions:
@@ -40,7 +41,8 @@ class DecodeOptions:
         return cls(num_beams=d.num_beams, length_penalty=d.length_penalty, batch_users=d.batch_users,
                    exclude_seen=d.exclude_seen, trie_normalize=d.trie_normalize, popularity_gamma=d.popularity_gamma,
                    contrastive_lambda=d.contrastive_lambda, propensity_mix=d.propensity_mix,
-                   ips_clip=cfg.eval.ips_clip, rationale_max_new_tokens=cfg.reason.max_new_tokens)
+                   ips_clip=cfg.eval.ips_clip, rationale_max_new_tokens=cfg.reason.max_new_tokens,
+                   sasrec_weight=d.sasrec_weight)
 
 
 class DecodingPrior(Protocol):

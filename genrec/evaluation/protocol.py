@@ -163,7 +163,9 @@ def protocol(cfg: Config, split: Split, users: list, split_name: str, **extra) -
                      "popularity_gamma": cfg.decode.popularity_gamma,
                      "contrastive_lambda": cfg.decode.contrastive_lambda,
                      "propensity_mix": cfg.decode.propensity_mix,
-                     "trie_normalize": cfg.decode.trie_normalize, "members": cfg.decode.members},
+                     "trie_normalize": cfg.decode.trie_normalize, "members": cfg.decode.members,
+                     **({"sasrec_weight": cfg.decode.sasrec_weight, "sasrec_checkpoint": cfg.items.sasrec_checkpoint}
+                        if cfg.decode.sasrec_weight else {})},
         "dataset": cfg.data.dataset,
         "period": "all" if cfg.eval.period == "all" else f"{split_name} interaction at/after {cfg.data.time_cut}",
         "seed": cfg.run.seed,
