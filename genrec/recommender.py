@@ -242,13 +242,15 @@ class Recommender:
 
     @functools.cached_property
     def sasrec_model(self) -> sasrec.SASRec:
-        """The SASRec of items.sasrec_checkpoint that decode.sasrec_weight weighs in, read at its first use."""
-        return sasrec.trained_model(self.setup.cfg.items.sasrec_checkpoint, self.setup.split)
+        """The SASRec of items.sasrec_checkpoint that decode.sasrec_weight weighs in, read at its first use, on the
+        LLM's device (its scores join the LLM's there, batch by batch)."""
+        device = next(self.model.parameters()).device
+        return sasrec.trained_model(self.setup.cfg.items.sasrec_checkpoint, self.setup.split).to(device)
 
     def sasrec_log_probs(self, examples: list[Example]) -> torch.Tensor:
         """[examples, items]: SASRec's log p(item | the example's history); 0 for an empty history, which it cannot
         read (the LLM's score alone ranks a cold user)."""
-        out = torch.zeros(len(examples), self.setup.index.num_items)
+        out = torch.zeros(len(examples), self.setup.index.num_items, device=next(self.sasrec_model.parameters()).device)
         read = [i for i, ex in enumerate(examples) if ex.history]
         if read:
             logits = sasrec.item_scores(self.sasrec_model, [examples[i].history for i in read])

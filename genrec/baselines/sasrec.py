@@ -305,11 +305,11 @@ def load(path: Path, p: SASRecConfig, split: Split, seed: int) -> tuple[SASRec, 
     return model, FitResult(**state["fit"])
 
 
-def _checkpoint_for(path: str | Path, split: Split, key: str) -> dict:
-    """The checked checkpoint that the config key ``key`` names (see ``_read_checked``)."""
+def _configured_checkpoint(path: str | Path, split: Split) -> dict:
+    """The checked checkpoint that items.sasrec_checkpoint names (see ``_read_checked``)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"{key}: {path} is not a file; train one first "
+        raise CheckpointError(f"items.sasrec_checkpoint: {path} is not a file; train one first "
                               "(python recipes/sasrec.py --config <the SASRec recipe of this data>)")
     return _read_checked(path, split)
 
@@ -318,14 +318,14 @@ def item_embeddings(path: str | Path, split: Split) -> torch.Tensor:
     """[items, hidden] fp32: the item embeddings of a trained SASRec checkpoint, row i = catalog index i; what
     ``items.atomic_init=sasrec`` starts the LLM's item-token rows from. The checkpoint must come from this
     split's training parts (checked), so its rows carry nothing of the validation or test targets."""
-    state = _checkpoint_for(path, split, "items.sasrec_checkpoint")
+    state = _configured_checkpoint(path, split)
     return state["state_dict"]["item_emb.weight"][1:].float()
 
 
 def trained_model(path: str | Path, split: Split) -> SASRec:
     """The SASRec of a checkpoint, built with the settings it was saved with (a reader of a trained model,
     such as ``decode.sasrec_weight``, need not repeat them); checked like ``item_embeddings``."""
-    state = _checkpoint_for(path, split, "items.sasrec_checkpoint")
+    state = _configured_checkpoint(path, split)
     model = SASRec(state["n_items"], dataclasses.replace(SASRecConfig(), **state["settings"]))
     model.load_state_dict(state["state_dict"])
     return model.eval()
