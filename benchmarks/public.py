@@ -3,13 +3,14 @@
 
     .venv/bin/python benchmarks/public.py --dataset beauty|office [--seeds 42 43 44] [--out DIR]
         [--systems genrec sasrec popularity] [--retrain] [--smoke] [--set KEY=VALUE ...]
+        [--genrec-set KEY=VALUE ...]
 
 Per seed, each system is trained by its own recipe into ``<out>/seed-<s>/<system>/`` (recipes/finetune.py +
 recipes/evaluate.py with ``recipes/configs/<dataset>/smollm2_atomic.yaml``; recipes/sasrec.py with
 ``recipes/configs/<dataset>/sasrec.yaml``), or reloaded from there when it was trained before (``--retrain``
 trains again). When the genrec recipe reads a SASRec (its item rows start from one, ``items.atomic_init=sasrec``,
 or its ranking weighs one in, ``decode.sasrec_weight``), the seed's SASRec is trained first and its checkpoint
-passed to genrec, whose training minutes then count both
+passed to genrec (``items.sasrec_checkpoint``, never given by hand), whose training minutes then count both
 (``genrec_train_minutes`` splits them). Every choice is made on validation (genrec keeps its best validation NDCG@10,
 ``train.select_best``; SASRec early-stops on it); the test split is only scored. Most-popular is scored here
 (no model) by the same split, seen-item rule and metric code, on the same users or rows. Data is read from
@@ -118,7 +119,7 @@ def genrec_reads_sasrec(dataset: str, overrides: list[str]) -> bool:
     its minutes count in genrec's."""
     from genrec.config import load_config
 
-    cfg = load_config(config_path(dataset, "genrec"), overrides)
+    cfg = load_config(config_path(dataset, "genrec"), overrides, check=False)  # its checkpoint is passed later
     return cfg.items.atomic_init == "sasrec" or cfg.decode.sasrec_weight > 0
 
 
@@ -129,7 +130,7 @@ def run_seed(seed: int, args) -> dict:
         common.insert(1, "eval.users=null")
     out, seconds, parts = {}, {}, {}
     sas_folder = root / "sasrec"
-    from_sasrec = "genrec" in args.systems and genrec_reads_sasrec(args.dataset, common)
+    from_sasrec = "genrec" in args.systems and genrec_reads_sasrec(args.dataset, [*common, *args.genrec_set])
     if "sasrec" in args.systems or from_sasrec:  # first: genrec's item rows may start from this model
         cfg, sas = config_path(args.dataset, "sasrec"), [f"run.output_dir={sas_folder}", *common]
         seconds["sasrec"] = trained(sas_folder, args.retrain, lambda: recipe("sasrec", cfg, sas))
@@ -139,7 +140,7 @@ def run_seed(seed: int, args) -> dict:
             out["sasrec"] = json.loads((sas_folder / "eval_results.json").read_text())
     if "genrec" in args.systems:
         folder = root / "genrec"
-        cfg, llm = config_path(args.dataset, "genrec"), [f"run.output_dir={folder}", *common]
+        cfg, llm = config_path(args.dataset, "genrec"), [f"run.output_dir={folder}", *common, *args.genrec_set]
         if from_sasrec:
             llm.append(f"items.sasrec_checkpoint={sas_folder / 'sasrec.pt'}")
         llm_seconds = trained(folder, args.retrain, lambda: recipe("finetune", cfg, llm))
@@ -174,6 +175,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--retrain", action="store_true", help="train again even where outputs exist")
     parser.add_argument("--smoke", action="store_true", help="tiny budgets and a 16-case sample (plumbing only)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every system")
+    parser.add_argument("--genrec-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides for the genrec recipe only (e.g. decode.sasrec_weight=1, which SASRec's "
+                             "config would reject)")
     args = parser.parse_args(argv)
     args.out = args.out or str(REPO / "runs" / "public" / args.dataset)
     spec = DATASETS[args.dataset]

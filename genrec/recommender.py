@@ -250,12 +250,7 @@ class Recommender:
     def sasrec_log_probs(self, examples: list[Example]) -> torch.Tensor:
         """[examples, items]: SASRec's log p(item | the example's history); 0 for an empty history, which it cannot
         read (the LLM's score alone ranks a cold user)."""
-        out = torch.zeros(len(examples), self.setup.index.num_items, device=next(self.sasrec_model.parameters()).device)
-        read = [i for i, ex in enumerate(examples) if ex.history]
-        if read:
-            logits = sasrec.item_scores(self.sasrec_model, [examples[i].history for i in read])
-            out[read] = torch.log_softmax(logits, dim=-1)
-        return out
+        return sasrec.log_probs(self.sasrec_model, [ex.history for ex in examples])
 
     @functools.cached_property
     def next_logp(self) -> NextTokenLogProbs:

@@ -403,20 +403,18 @@ def test_public_benchmark_smoke(tmp_path, tiny_model_dir, dataset, systems):
 
 @pytest.mark.parametrize("reads", ["items.atomic_init=sasrec", "decode.sasrec_weight=1.0"])
 def test_public_benchmark_genrec_reading_a_sasrec_trains_it_first_and_counts_it(tmp_path, tiny_model_dir, reads):
-    """A genrec recipe that reads a SASRec (item rows from it, or its log-probabilities in the ranking): the seed's
-    SASRec is trained (though not asked for as a system), its checkpoint is the one genrec reads, and genrec's
-    minutes are its SASRec's plus its LLM's."""
+    """A genrec recipe that reads a SASRec (item rows from it, or its log-probabilities in the ranking), given as a
+    genrec-only override and without a checkpoint: the seed's SASRec is trained (though not asked for as a system),
+    its checkpoint is the one genrec reads, and genrec's minutes are its SASRec's plus its LLM's."""
     folder = write_minionerec(tmp_path / "data")
-    cmd = [sys.executable, str(REPO / "benchmarks" / "public.py"), "--dataset", "office", "--smoke", "--out",
-           str(tmp_path / "out"), "--systems", "genrec", "--set", f"data.path={folder}",
-           f"model.name_or_path={tiny_model_dir}", "model.dtype=float32", reads,
-           "items.sasrec_checkpoint=replaced/per/seed.pt"]
     weighed = reads.startswith("decode.")
-    if weighed:  # training's validations rank as evaluation does, the SASRec weighed in
-        cmd += ["train.eval_every=1", "train.select_best=true",
-                "items.identifier=atomic"]  # the recipe's, also for the SASRec config that --set reaches too
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False,
-                          env={**os.environ, "OMP_NUM_THREADS": "1", "GENREC_RECIPES_IN_PROCESS": "1"})
+    genrec_only = [reads, *(["train.eval_every=1", "train.select_best=true"] if weighed else [])]
+    common = [f"data.path={folder}", f"model.name_or_path={tiny_model_dir}", "model.dtype=float32"]
+    cmd = [sys.executable, str(REPO / "benchmarks" / "public.py"), "--dataset", "office", "--smoke", "--out",
+           str(tmp_path / "out"), "--systems", "genrec", "--set", *common, "eval.users=null",
+           "--genrec-set", *genrec_only]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GENREC_RECIPES_IN_PROCESS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "sasrec" not in result and set(result["train_minutes"]) == {"genrec"}
@@ -426,10 +424,26 @@ def test_public_benchmark_genrec_reading_a_sasrec_trains_it_first_and_counts_it(
     assert result["genrec_train_minutes"] == {"sasrec": round(sas / 60, 2), "llm": round(llm / 60, 2)}
     assert result["train_minutes"]["genrec"] == round((sas + llm) / 60, 2)
     assert (seed / "sasrec" / "sasrec.pt").is_file()
-    protocol = json.loads((seed / "genrec" / "eval_results.json").read_text())["protocol"]
-    assert protocol["rows"] == 16
-    assert protocol["decoding"].get("sasrec_checkpoint") == (str(seed / "sasrec" / "sasrec.pt") if weighed else None)
-    if weighed:
-        lines = [json.loads(line) for line in (seed / "genrec" / "metrics.jsonl").read_text().splitlines()]
-        assert [r["step"] for r in lines if "valid_ndcg@10" in r] == [1, 2]
-        assert (seed / "genrec" / "best" / "adapter_config.json").is_file()
+    evaluated = json.loads((seed / "genrec" / "eval_results.json").read_text())
+    assert evaluated["protocol"]["rows"] == 18  # every test row of the tiny files
+    assert evaluated["protocol"]["decoding"].get("sasrec_checkpoint") == (str(seed / "sasrec" / "sasrec.pt") if weighed
+                                                                           else None)
+    if not weighed:
+        return
+    lines = [json.loads(line) for line in (seed / "genrec" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "valid_ndcg@10" in r] == [1, 2]
+    assert (seed / "genrec" / "best" / "adapter_config.json").is_file()
+    # benchmarks/ensembles.py reads the same folder (the final adapter holds the best weights), row by row with repeats admitted: at w=1 it ranks as the
+    # evaluation did; w=0 is the LLM alone, a huge w SASRec's ranking
+    cmd = [sys.executable, str(REPO / "benchmarks" / "ensembles.py"), "--root", str(tmp_path / "out"), "--seeds", "42",
+           "--genrec-config", str(REPO / "recipes" / "configs" / "office" / "smollm2_atomic.yaml"),
+           "--sasrec-config", str(REPO / "recipes" / "configs" / "office" / "sasrec.yaml"),
+           "--sasrec-weights", "0", "1", "10000", "--set", *common]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    combos = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert combos["rows"] == 18
+    assert combos["genrec+sasrec"]["test"]["42 w=1.0"]["ndcg@10"] == round(evaluated["metrics"]["ndcg@10"], 4)
+    for split in ("valid", "test"):
+        assert combos["genrec+sasrec"][split]["42 w=0.0"] == combos["genrec"][split]["42"]
+        assert combos["genrec+sasrec"][split]["42 w=10000.0"] == combos["sasrec"][split]["42"]

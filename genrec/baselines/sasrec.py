@@ -192,6 +192,19 @@ def fit(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, p: SASRecCon
 
 
 @torch.no_grad()
+def log_probs(model: SASRec, histories: Sequence[Sequence[int]], batch: int = 1024) -> torch.Tensor:
+    """[histories, items]: log p(item | history), on the model's device, ``batch`` histories a forward pass; 0 for
+    an empty history, which SASRec cannot read (a product with another model then ranks by that model alone)."""
+    device = next(model.parameters()).device
+    out = torch.zeros(len(histories), model.n_items, device=device)
+    read = [i for i, h in enumerate(histories) if len(h)]
+    for lo in range(0, len(read), batch):
+        rows = read[lo: lo + batch]
+        with torch.no_grad():
+            out[rows] = torch.log_softmax(item_scores(model, [histories[i] for i in rows]), dim=-1)
+    return out
+
+
 def item_scores(model: SASRec, histories: Sequence[Sequence[int]]) -> torch.Tensor:
     """[histories, items]: the next-item logits after each history (its last ``max_len`` items), fp32."""
     model.eval()
