@@ -31,6 +31,7 @@ import sys
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -57,19 +58,23 @@ def genrec_log_probs(config: str, adapter: Path, overrides: list[str], sasrec_ch
     cfg = load_config(config, [f"run.checkpoint={adapter}", "decode.members=1", *overrides])
     accelerator = make_accelerator(resolve_dtype(cfg.model.dtype))
     rec, _ = Recommender.load(cfg)
-    setup, out = rec.setup, {}
-    for split_name in SPLITS:
-        cases = setup.split.cases(split_name)
-        prompts = [setup.encoder.prompt_ids(setup.split.case_example(c, cfg.data.max_history)) for c in cases]
-        order = sorted(range(len(cases)), key=lambda i: len(prompts[i]))  # little padding per batch
-        logp = torch.empty(len(cases), setup.index.num_items)
-        with accelerator.autocast():  # as recipes/evaluate.py runs the model
-            for lo in range(0, len(order), cfg.decode.batch_users):
-                rows = order[lo: lo + cfg.decode.batch_users]
-                logp[rows] = item_log_probs(rec.next_logp, [prompts[i] for i in rows], setup.index,
-                                            setup.tokenizer.pad_token_id).float().cpu()
-        out[split_name] = logp
-    return out
+    with accelerator.autocast():  # as recipes/evaluate.py runs the model
+        return {split_name: llm_log_probs(rec, split_name) for split_name in SPLITS}
+
+
+def llm_log_probs(rec: Recommender, split_name: str) -> torch.Tensor:
+    """[cases, items] on the CPU: the LLM's log p(item | prompt) for every case of ``split_name``, in
+    ``split.cases`` order (member 0 of an ensemble; no SASRec and no decoding prior)."""
+    setup, cfg = rec.setup, rec.setup.cfg
+    cases = setup.split.cases(split_name)
+    prompts = [setup.encoder.prompt_ids(setup.split.case_example(c, cfg.data.max_history)) for c in cases]
+    order = sorted(range(len(cases)), key=lambda i: len(prompts[i]))  # little padding per batch
+    logp = torch.empty(len(cases), setup.index.num_items)
+    for lo in tqdm(range(0, len(order), cfg.decode.batch_users), desc=f"LLM log p, {split_name}", unit="batch"):
+        rows = order[lo: lo + cfg.decode.batch_users]
+        logp[rows] = item_log_probs(rec.next_logp, [prompts[i] for i in rows], setup.index,
+                                    setup.tokenizer.pad_token_id).float().cpu()
+    return logp
 
 
 def sasrec_log_probs(config: str, checkpoint: Path, overrides: list[str]) -> dict[str, torch.Tensor]:

@@ -241,6 +241,7 @@ def test_bias_metrics_hand_computed():
     w = np.array([1, 1, 10, 2, 5])
     assert m["snips_ndcg@10"] == pytest.approx((w * ndcg).sum() / w.sum())
     assert m["snips_hit@10"] == pytest.approx((1 + 1 + 2 + 5) / 19)
+    assert m["snips_ess"] == pytest.approx(19 ** 2 / (1 + 1 + 100 + 4 + 25))  # (sum w)^2 / sum w^2
     train_mean = (9 * 1 + 4 * 2 + 1 * 5) / 14
     assert m["ips_hit@10"] == pytest.approx((1 + 1 + 2 + 5) / 5 / train_mean)
     # quintiles of 5 users by target popularity (0 < 1 < 4 < 9 = 9): users 2, 4, 3, 0, 1

@@ -144,6 +144,13 @@ def mean_item_log_probs(model, prompts: list[list[int]], index: ItemIndex, pad_i
 
 
 @torch.no_grad()
+def item_prior(node_prior: torch.Tensor, index: ItemIndex) -> torch.Tensor:
+    """[items] fp32: what a node prior adds to each one-token item's score (its leaf's value minus the root's),
+    as the constrained search adds it along the item's path."""
+    prior = node_prior.to(dtype=torch.float32)
+    return prior[index.item_path[:, 0].to(prior.device)] - prior[0]
+
+
 def ensemble_topk(model, prompts: list[list[int]], index: ItemIndex, k: int,
                   excluded: list[set[int]] | None = None, pad_id: int = 0,
                   node_prior: torch.Tensor | None = None, adapters: list[str | None] | None = None,
@@ -159,8 +166,7 @@ def ensemble_topk(model, prompts: list[list[int]], index: ItemIndex, k: int,
     (length_penalty divides by 1 ** p)."""
     score = mean_item_log_probs(model, prompts, index, pad_id, adapters, next_logp, trie_normalize=trie_normalize)
     if node_prior is not None:
-        prior = node_prior.to(device=score.device, dtype=torch.float32)
-        score += prior[index.item_path[:, 0].to(score.device)] - prior[0]
+        score += item_prior(node_prior, index).to(score.device)
     if added is not None:
         score += added.to(device=score.device, dtype=score.dtype)
     return top_k_unseen(score, excluded or [], k)

@@ -9,6 +9,8 @@ popularity only (``genrec.causal.popularity``):
   weight ``w_i = 1 / rho_i`` lies in [1, clip];
 - ``snips_<m>@10``: self-normalised IPS, ``sum_u w_u m_u / sum_u w_u`` — the headline debiased
   estimate (scale-free, low variance);
+- ``snips_ess``: the effective sample size of those weights, ``(sum_u w_u)^2 / sum_u w_u^2``: how many
+  equally weighted users the debiased estimate is worth (it sets the estimate's noise);
 - ``ips_<m>@10``: ``mean_u(w_u m_u) / E_train[w]``, the normaliser taken from the training
   interactions (which share the test targets' exposure bias) instead of the test sample;
 - ``intervened_<m>@10``: the metric on an intervened test set of the same size, users resampled
@@ -64,7 +66,7 @@ def bias_metrics(rankings: list[list[int]], targets: list[int], popularity: np.n
     hit, ndcg = _per_user(rankings, targets, k)
     train_mean_weight = (weights * pop).sum() / pop.sum() if pop.sum() else 1.0
     resampled = np.random.default_rng(seed).choice(len(targets), size=len(targets), replace=True, p=w / w.sum())
-    out = {}
+    out = {"snips_ess": float(w.sum() ** 2 / (w ** 2).sum())}
     for name, values in (("ndcg", ndcg), ("hit", hit)):
         out[f"snips_{name}@{k}"] = float((w * values).sum() / w.sum())
         out[f"ips_{name}@{k}"] = float((w * values).mean() / train_mean_weight)

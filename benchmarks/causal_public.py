@@ -1,0 +1,256 @@
+"""Popularity deconfounding at decoding time on a public benchmark (Amazon Beauty, leave-one-out, every user):
+the headline recipe as ``benchmarks/public.py`` trained it for each seed, decoded with each decoding-time causal
+recipe, every setting chosen on validation, test rows as seed means with paired bootstrap intervals, and the
+trade-off drawn.
+
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/causal_public.py [--dataset beauty] [--root runs/public/beauty]
+        [--seeds 42 43 44] [--penalties -0.05 -0.1 ...] [--gammas 0.1 0.25] [--mixes 0.01 0.05 ...]
+        [--plot docs/img/causal_beauty.png] [--set KEY=VALUE ...]
+
+Systems, all from the same adapter and SASRec per seed (``<root>/seed-<s>/genrec/adapter``,
+``<root>/seed-<s>/sasrec/sasrec.pt``), so each comparison with SFT is paired and no system trains longer:
+- ``sft``: the recipe (``recipes/configs/<dataset>/smollm2_atomic.yaml``) ranking as its evaluation does;
+- ``sft_penalty``: ``decode.popularity_gamma`` < 0, a post-hoc popularity penalty (PDA's adjustment turned
+  against popularity);
+- ``sft_pda``: ``decode.popularity_gamma`` > 0, PDA's popularity prior added (the other side of the curve);
+- ``sft_mix``: ``decode.propensity_mix`` = beta, rank by p(item | h) * (1 + beta * w(item)).
+The training-time recipes (deconfounded weights, PD's popularity term, counterfactual fine-tuning) need their
+own training runs per seed on this dataset and are not scored here (``benchmarks/causal.py`` on ml-100k).
+
+How: every case's score of every item is computed once per seed and split (the LLM's log p, cached as
+``<root>/seed-<s>/causal/llm_log_probs_<split>.pt``, plus ``decode.sasrec_weight`` times SASRec's), and each
+setting adds the prior that decoding would add (``Recommender.prior.node_prior``, one value per item) before the
+same top-K, seen-item rule and metric code as ``recipes/evaluate.py``; so ``sft`` reproduces the evaluation's
+figures. Choice rule (``benchmarks/causal.py``'s): the best validation debiased NDCG@10 among settings within 5%
+of SFT's validation NDCG@10, on the seeds' mean. ``debiased_ndcg@10``: SNIPS NDCG@10 (propensity from training
+popularity, weights capped at eval.ips_clip), ``snips_ess`` its effective sample size; the intervened test
+(users resampled proportionally to 1 / propensity) is the second estimate. ``relative_ci95``: paired percentile
+bootstrap over test users (each user's NDCG averaged over the seeds first).
+
+The plot: per recipe, test NDCG@10 and debiased NDCG@10 relative to SFT at every value of its knob, with the
+bootstrap intervals as bars, SFT at the origin, the chosen settings ringed and the target region shaded.
+Last line: JSON {"dataset", "users", "seeds", "sft": {...}, "sft_penalty": {..., "relative_ci95": {...}}, ...,
+"chosen": {...}, "valid_grid": {...}, "curve": {...}, "plot": path}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from causal import STANDARD_LOSS, averaged, choose, row  # noqa: E402  (the ml-100k benchmark's rule and rows)
+from ensembles import llm_log_probs  # noqa: E402
+from public import config_path  # noqa: E402
+
+from genrec.baselines import sasrec  # noqa: E402
+from genrec.config import load_config  # noqa: E402
+from genrec.decoding.ensemble import item_prior  # noqa: E402
+from genrec.decoding.search import top_k_unseen  # noqa: E402
+from genrec.evaluation.bias import paired_relative_ci  # noqa: E402
+from genrec.evaluation.protocol import score_cases  # noqa: E402
+from genrec.io import atomic_path  # noqa: E402
+from genrec.model.loading import resolve_dtype  # noqa: E402
+from genrec.recommender import Recommender  # noqa: E402
+from genrec.runtime import make_accelerator, set_threads  # noqa: E402
+
+SPLITS = ("valid", "test")
+KNOBS = {"gamma": "popularity_gamma", "beta": "propensity_mix"}
+FAMILIES = {"sft_penalty": ("gamma", lambda v: v < 0), "sft_pda": ("gamma", lambda v: v > 0),
+            "sft_mix": ("beta", lambda v: v > 0)}
+TARGET = {"debiased_gain": 0.10, "standard_loss": STANDARD_LOSS}  # issue 25's bar, drawn on the plot
+
+
+def load_seed(config: str, folder: Path, overrides: list[str]) -> Recommender:
+    """The seed's recipe as evaluated: its adapter and (when the recipe reads one) its SASRec."""
+    adapter, checkpoint = folder / "genrec" / "adapter", folder / "sasrec" / "sasrec.pt"
+    if not (adapter / "adapter_config.json").is_file():
+        raise SystemExit(f"{adapter}: no trained adapter; train the seed first with benchmarks/public.py "
+                         f"--seeds {folder.name.removeprefix('seed-')} --out {folder.parent}")
+    base = [f"run.checkpoint={adapter}", "decode.members=1", "eval.users=null", *overrides]
+    if load_config(config, base, check=False).decode.sasrec_weight:
+        base.append(f"items.sasrec_checkpoint={checkpoint}")
+    return Recommender.load(load_config(config, base))[0]
+
+
+def base_scores(rec: Recommender, split_name: str, cache: Path) -> torch.Tensor:
+    """[cases, items]: each case's score of each item before any decoding prior: the LLM's log p (cached) plus
+    decode.sasrec_weight times SASRec's, as ``Recommender.rank`` adds them."""
+    if cache.is_file():
+        llm = torch.load(cache)
+    else:
+        with make_accelerator(resolve_dtype(rec.setup.cfg.model.dtype)).autocast():
+            llm = llm_log_probs(rec, split_name)
+        with atomic_path(cache) as tmp:
+            torch.save(llm, tmp)
+    weight = rec.options.sasrec_weight
+    if weight:
+        split, max_history = rec.setup.split, rec.setup.cfg.data.max_history
+        histories = [split.case_example(c, max_history).history for c in split.cases(split_name)]
+        llm += weight * sasrec.log_probs(rec.sasrec_model, histories).cpu()
+    return llm
+
+
+def evaluate(rec: Recommender, scores: torch.Tensor, split_name: str, setting: tuple[str, float]) -> dict:
+    """Every case of ``split_name`` ranked by ``scores`` plus the prior of one decoding setting, and scored."""
+    cfg, split = rec.setup.cfg, rec.setup.split
+    off = {"popularity_gamma": 0.0, "propensity_mix": 0.0, "contrastive_lambda": 0.0}  # one knob set, the rest off
+    options = replace(rec.options, **{**off, KNOBS[setting[0]]: setting[1]})
+    prior = rec.prior.node_prior(options)
+    ranked = scores + item_prior(prior, rec.setup.index).cpu() if prior is not None else scores.clone()
+    cases = split.cases(split_name)
+    seen = [split.case_seen(c) if options.exclude_seen else set() for c in cases]
+    top = top_k_unseen(ranked, seen, max(cfg.eval.ks))
+    metrics = score_cases({c.case_id: t for c, t in zip(cases, top)}, split, cases, cfg.eval.ks,
+                          ips_clip=cfg.eval.ips_clip, seed=cfg.run.seed)
+    metrics["rankings"] = [[i for i, _ in t] for t in top]
+    print(f"  seed {cfg.run.seed} {split_name} {setting[0]}={setting[1]:+g}: NDCG@10 {metrics['ndcg@10']:.4f}  "
+          f"debiased {metrics['snips_ndcg@10']:.4f}  ARP@10 {metrics['arp@10']:.0f}", flush=True)
+    return metrics
+
+
+def relative_ci(runs: list[dict], reference: list[dict], rec: Recommender, seed: int) -> dict:
+    split = rec.setup.split
+    targets = [c.target for c in split.cases("test")]
+    ci = paired_relative_ci([m["rankings"] for m in runs], [m["rankings"] for m in reference], targets,
+                            split.train_popularity(), 10, rec.setup.cfg.eval.ips_clip, seed=seed)
+    return {"ndcg@10": ci["ndcg@10"], "debiased_ndcg@10": ci["snips_ndcg@10"]}
+
+
+def plot(curve: dict, chosen: dict, path: Path, title: str) -> None:
+    """Test NDCG@10 vs debiased NDCG@10, each relative to SFT, per recipe over its knob, interval bars."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    lo_x = min([-100 * TARGET["standard_loss"] - 2] + [100 * p["ci95"]["ndcg@10"][0] for pts in curve.values()
+                                                       for p in pts])
+    hi_y = max([100 * TARGET["debiased_gain"] + 2] + [100 * p["ci95"]["debiased_ndcg@10"][1] for pts in curve.values()
+                                                      for p in pts])
+    ax.fill_between([-100 * TARGET["standard_loss"], 100], 100 * TARGET["debiased_gain"], hi_y + 5, color="tab:green",
+                    alpha=0.08, label=f"target: debiased >= +{100 * TARGET['debiased_gain']:.0f}%, "
+                                      f"standard >= -{100 * TARGET['standard_loss']:.0f}%")
+    for (family, points), colour in zip(curve.items(), ("tab:red", "tab:blue", "tab:purple", "tab:orange")):
+        xs = [100 * p["relative"]["ndcg@10"] for p in points]
+        ys = [100 * p["relative"]["debiased_ndcg@10"] for p in points]
+        xerr = [[x - 100 * p["ci95"]["ndcg@10"][0] for x, p in zip(xs, points)],
+                [100 * p["ci95"]["ndcg@10"][1] - x for x, p in zip(xs, points)]]
+        yerr = [[y - 100 * p["ci95"]["debiased_ndcg@10"][0] for y, p in zip(ys, points)],
+                [100 * p["ci95"]["debiased_ndcg@10"][1] - y for y, p in zip(ys, points)]]
+        knob = points[0]["knob"]
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="o-", color=colour, ms=4, lw=1.2, elinewidth=0.8, capsize=2,
+                    label=f"{family} ({knob})")
+        for x, y, p in zip(xs, ys, points):
+            ax.annotate(f"{p['value']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=colour)
+            if chosen.get(family) == {knob: p["value"]}:
+                ax.plot([x], [y], "o", ms=12, mfc="none", mec=colour, mew=1.5)
+    ax.plot([0], [0], "k*", ms=12, label="SFT (the recipe as it ranks)")
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.axvline(0, color="grey", lw=0.6)
+    ax.set_xlim(lo_x - 1, max(2.0, ax.get_xlim()[1]))
+    ax.set_ylim(ax.get_ylim()[0], hi_y + 2)
+    ax.set_xlabel("test NDCG@10, change vs SFT (%)")
+    ax.set_ylabel("test debiased (SNIPS) NDCG@10, change vs SFT (%)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="beauty", choices=["beauty"],
+                        help="leave-one-out with a long-tailed catalog (Office's rows count repeats; not here)")
+    parser.add_argument("--root", default=None, help="what benchmarks/public.py trained (default runs/public/<dataset>)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--penalties", type=float, nargs="*", default=[-0.025, -0.05, -0.1, -0.2, -0.3])
+    parser.add_argument("--gammas", type=float, nargs="*", default=[0.1, 0.25])
+    parser.add_argument("--mixes", type=float, nargs="*", default=[0.005, 0.01, 0.02, 0.05, 0.1])
+    parser.add_argument("--plot", default=None, help="PNG path (default <root>/causal_tradeoff.png)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the recipe")
+    args = parser.parse_args(argv)
+    set_threads()
+    root = Path(args.root or REPO / "runs" / "public" / args.dataset)
+    config = config_path(args.dataset, "genrec")
+    grid = [("gamma", 0.0)] + [("gamma", g) for g in args.penalties + args.gammas] + [("beta", b) for b in args.mixes]
+
+    valid, test, recs = {}, {}, {}
+    for seed in args.seeds:
+        folder = root / f"seed-{seed}"
+        rec = recs[seed] = load_seed(config, folder, [f"run.seed={seed}", *args.set])
+        for split_name, out in (("valid", valid), ("test", test)):
+            scores = base_scores(rec, split_name, folder / "causal" / f"llm_log_probs_{split_name}.pt")
+            for setting in grid:
+                metrics = evaluate(rec, scores, split_name, setting)
+                if split_name == "valid":
+                    del metrics["rankings"]  # only test rankings are bootstrapped
+                out.setdefault(setting, []).append(metrics)
+            del scores
+    first, sft = recs[args.seeds[0]], ("gamma", 0.0)
+
+    mean_valid = {s: averaged(runs) for s, runs in valid.items()}
+    reference = mean_valid[sft]["ndcg@10"]
+    plan = {"sft": sft}
+    for family, (knob, member) in FAMILIES.items():
+        options = {s: m for s, m in mean_valid.items() if s[0] == knob and member(s[1])}
+        if options:
+            plan[family] = choose(options, reference)
+
+    def test_row(setting: tuple[str, float], label: str) -> dict:
+        runs = test[setting]
+        extra = {"per_seed": {"ndcg@10": [round(m["ndcg@10"], 4) for m in runs],
+                              "debiased_ndcg@10": [round(m["snips_ndcg@10"], 4) for m in runs]}}
+        if label != "sft":
+            extra["relative_ci95"] = relative_ci(runs, test[sft], first, args.seeds[0])
+        return row(averaged(runs), **{setting[0]: setting[1]}, **extra, snips_ess=round(runs[0]["snips_ess"], 1),
+                   valid_ndcg=round(mean_valid[setting]["ndcg@10"], 4),
+                   valid_debiased_ndcg=round(mean_valid[setting]["snips_ndcg@10"], 4))
+
+    result = {"dataset": args.dataset, "users": len(first.setup.split.cases("test")), "seeds": args.seeds}
+    result.update({label: test_row(setting, label) for label, setting in plan.items()})
+    base = result["sft"]
+    for label in plan:
+        if label != "sft":
+            result[label]["relative"] = {m: round(result[label][m] / base[m] - 1, 4)
+                                         for m in ("ndcg@10", "debiased_ndcg@10", "intervened_ndcg@10")}
+    curve = {}
+    for family, (knob, member) in FAMILIES.items():
+        for setting in [s for s in grid if s[0] == knob and member(s[1])]:
+            mean = averaged(test[setting])
+            curve.setdefault(family, []).append({
+                "knob": knob, "value": setting[1],
+                "relative": {"ndcg@10": round(mean["ndcg@10"] / base["ndcg@10"] - 1, 4),
+                             "debiased_ndcg@10": round(mean["snips_ndcg@10"] / base["debiased_ndcg@10"] - 1, 4)},
+                "arp@10": round(mean["arp@10"], 1),
+                "ci95": relative_ci(test[setting], test[sft], first, args.seeds[0])})
+    result["chosen"] = {"rule": f"best valid debiased NDCG@10 with valid NDCG@10 >= {1 - STANDARD_LOSS:.2f} x SFT's",
+                        **{label: {s[0]: s[1]} for label, s in plan.items()}}
+    result["valid_grid"] = {f"{k}={v:g}": {"ndcg@10": round(m["ndcg@10"], 4),
+                                            "debiased_ndcg@10": round(m["snips_ndcg@10"], 4)}
+                            for (k, v), m in mean_valid.items()}
+    result["curve"] = curve
+    result["debiased_estimate"] = ("SNIPS, propensity (count+1)/(max+1) from training popularity, "
+                                   "weights capped at eval.ips_clip")
+    path = Path(args.plot) if args.plot else root / "causal_tradeoff.png"
+    plot(curve, result["chosen"], path, f"Amazon {args.dataset.title()}: decoding-time popularity interventions on "
+                                        f"the headline recipe (seeds {' '.join(map(str, args.seeds))}, test)")
+    result["plot"] = str(path)
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()

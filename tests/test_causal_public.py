@@ -1,0 +1,68 @@
+"""benchmarks/causal_public.py on a tiny Beauty-layout file: the headline recipe trained by benchmarks/public.py,
+then its decoding-time causal rows, chosen on validation, with intervals and the trade-off plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from public_fixtures import write_sequences
+
+REPO = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GENREC_RECIPES_IN_PROCESS": "1"}
+
+
+def run(args: list[str]) -> dict:
+    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, check=False, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_causal_public_scores_the_recipe_as_evaluated_and_chooses_on_validation(tmp_path, tiny_model_dir):
+    data = write_sequences(tmp_path / "data")
+    common = [f"data.path={data}", f"model.name_or_path={tiny_model_dir}", "model.dtype=float32"]
+    out = tmp_path / "public"
+    run([str(REPO / "benchmarks" / "public.py"), "--dataset", "beauty", "--smoke", "--out", str(out), "--systems",
+         "genrec", "--set", *common, "eval.users=null"])
+    evaluated = json.loads((out / "seed-42" / "genrec" / "eval_results.json").read_text())
+    assert evaluated["protocol"]["decoding"]["sasrec_weight"] == 1.0  # the recipe's product with its SASRec
+
+    png = tmp_path / "tradeoff.png"
+    args = [str(REPO / "benchmarks" / "causal_public.py"), "--root", str(out), "--seeds", "42", "--penalties", "-0.5",
+            "-5", "--gammas", "5", "--mixes", "0.05", "5", "--plot", str(png), "--set", *common]
+    result = run(args)
+    # sft is the recipe exactly as its evaluation ranked: same cases, same figures
+    assert result["users"] == evaluated["protocol"]["users"]
+    for m in ("ndcg@10", "hit@10"):
+        assert result["sft"][m] == round(evaluated["metrics"][m], 4)
+    assert set(result) >= {"sft", "sft_penalty", "sft_pda", "sft_mix"}
+    for label in ("sft", "sft_penalty", "sft_pda", "sft_mix"):
+        r = result[label]
+        assert 0 <= r["ndcg@10"] <= r["hit@10"] <= 1 and 0 <= r["debiased_ndcg@10"] <= 1
+        assert 1 <= r["snips_ess"] <= result["users"]
+        if label != "sft":
+            for m in ("ndcg@10", "debiased_ndcg@10"):
+                low, high = r["relative_ci95"][m]
+                assert low <= high
+    grid = result["valid_grid"]
+    reference = grid["gamma=0"]["ndcg@10"]
+    for family, knob, keep in (("sft_penalty", "gamma", lambda v: v < 0), ("sft_pda", "gamma", lambda v: v > 0),
+                               ("sft_mix", "beta", lambda v: v > 0)):
+        options = {k: v for k, v in grid.items() if k.startswith(knob + "=") and keep(float(k.split("=")[1]))}
+        allowed = {k: v for k, v in options.items() if v["ndcg@10"] >= 0.95 * reference}
+        best = (max(allowed, key=lambda k: allowed[k]["debiased_ndcg@10"]) if allowed
+                else max(options, key=lambda k: options[k]["ndcg@10"]))
+        assert result["chosen"][family] == {knob: float(best.split("=")[1])}
+    # the curve holds every test point of each knob; a strong penalty recommends less popular items than the
+    # recipe, a strong popularity prior more popular ones
+    points = {p["value"]: p for p in result["curve"]["sft_penalty"]}
+    assert set(points) == {-0.5, -5.0}
+    assert points[-5.0]["arp@10"] < result["sft"]["arp@10"] < result["curve"]["sft_pda"][0]["arp@10"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the LLM's log-probabilities are cached per seed and split: a second run reads them and agrees
+    assert (out / "seed-42" / "causal" / "llm_log_probs_test.pt").is_file()
+    again = run(args)
+    assert again == result
