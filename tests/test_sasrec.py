@@ -52,6 +52,23 @@ def cyclic_split(n_items: int = 40, n_users: int = 80, seed: int = 0) -> Split:
 
 # ---- the model -------------------------------------------------------------------------------------------
 
+def test_log_probs_are_fp32_inside_an_autocast_and_zero_for_an_empty_history():
+    torch.manual_seed(0)
+    model = sasrec.SASRec(30, small(layers=2)).eval()
+    histories = [[3, 7, 1], [], [2, 9, 4, 12, 5, 8, 6, 11, 13]]
+    plain = sasrec.log_probs(model, histories, batch=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # as the LLM's evaluation runs
+        inside = sasrec.log_probs(model, histories, batch=2)
+        bare = torch.log_softmax(sasrec.item_scores(model, [histories[0]]), -1)[0]  # its matmuls in bf16
+    assert not torch.equal(bare, plain[0])  # so the autocast would change the scores
+    assert inside.dtype == torch.float32
+    torch.testing.assert_close(inside, plain, rtol=0, atol=0)
+    assert plain[1].abs().sum() == 0  # a cold history: no SASRec term
+    expected = torch.log_softmax(sasrec.item_scores(model, [histories[2]]), -1)[0]
+    torch.testing.assert_close(plain[2], expected)
+    assert plain[0].exp().sum() == pytest.approx(1.0, abs=1e-5)
+
+
 def test_causal_mask_hides_later_items():
     torch.manual_seed(0)
     model = sasrec.SASRec(30, small(layers=2)).eval()

@@ -194,13 +194,15 @@ def fit(model: SASRec, inputs: torch.Tensor, targets: torch.Tensor, p: SASRecCon
 @torch.no_grad()
 def log_probs(model: SASRec, histories: Sequence[Sequence[int]], batch: int = 1024) -> torch.Tensor:
     """[histories, items]: log p(item | history), on the model's device, ``batch`` histories a forward pass; 0 for
-    an empty history, which SASRec cannot read (a product with another model then ranks by that model alone)."""
+    an empty history, which SASRec cannot read (a product with another model then ranks by that model alone).
+    In fp32 even inside the LLM's bf16 autocast: SASRec was trained in fp32, and so its scores are the same
+    wherever they are asked for (evaluation, or benchmarks/ensembles.py choosing the weight)."""
     device = next(model.parameters()).device
     out = torch.zeros(len(histories), model.n_items, device=device)
     read = [i for i, h in enumerate(histories) if len(h)]
     for lo in range(0, len(read), batch):
         rows = read[lo: lo + batch]
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
             out[rows] = torch.log_softmax(item_scores(model, [histories[i] for i in rows]), dim=-1)
     return out
 
