@@ -401,14 +401,16 @@ def test_public_benchmark_smoke(tmp_path, tiny_model_dir, dataset, systems):
         assert proto[count] == 16
 
 
-@pytest.mark.parametrize("reads", ["items.atomic_init=sasrec", "decode.sasrec_weight=1.0"])
+@pytest.mark.parametrize("reads", [["items.atomic_init=sasrec", "decode.sasrec_weight=0"],
+                                   ["decode.sasrec_weight=1.0"]], ids=["item_rows", "ranking"])
 def test_public_benchmark_genrec_reading_a_sasrec_trains_it_first_and_counts_it(tmp_path, tiny_model_dir, reads):
     """A genrec recipe that reads a SASRec (item rows from it, or its log-probabilities in the ranking), given as a
     genrec-only override and without a checkpoint: the seed's SASRec is trained (though not asked for as a system),
-    its checkpoint is the one genrec reads, and genrec's minutes are its SASRec's plus its LLM's."""
+    its checkpoint is the one genrec reads, and genrec's minutes are its SASRec's plus its LLM's. The Office recipe
+    weighs SASRec into its ranking itself, so the item-rows case turns that off to read SASRec through its rows alone."""
     folder = write_minionerec(tmp_path / "data")
-    weighed = reads.startswith("decode.")
-    genrec_only = [reads, *(["train.eval_every=1", "train.select_best=true"] if weighed else [])]
+    weighed = reads[0].startswith("decode.")
+    genrec_only = [*reads, *(["train.eval_every=1", "train.select_best=true"] if weighed else [])]
     common = [f"data.path={folder}", f"model.name_or_path={tiny_model_dir}", "model.dtype=float32"]
     cmd = [sys.executable, str(REPO / "benchmarks" / "public.py"), "--dataset", "office", "--smoke", "--out",
            str(tmp_path / "out"), "--systems", "genrec", "--set", *common, "eval.users=null",
