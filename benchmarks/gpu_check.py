@@ -1,5 +1,7 @@
 """The GPU check: every recipe path on a CUDA GPU with tiny random models built on the spot (no weights
-travel), sized to run in under 8 minutes on one GPU. Last line: one JSON object with pass/fail per case.
+travel). Last line: one JSON object with pass/fail per case. Each case takes about a minute on an H200
+(50-95 s, nearly all of it process starts and imports, 2026-12-04), so all 17 take longer than a
+15-minute device lease: name the cases that matter (--cases); each prints its result as it ends.
 
     python benchmarks/gpu_check.py                    # every case that this machine can run
     python benchmarks/gpu_check.py --cases title_bf16 atomic_4bit

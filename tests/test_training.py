@@ -34,6 +34,58 @@ def test_completion_loss_matches_per_row_reference(tiny_model_dir):
     assert batched == pytest.approx(total / count, rel=1e-5)
 
 
+def test_a_padded_batch_gives_every_attention_query_a_key_and_keeps_the_loss_and_gradients(tiny_model_dir, monkeypatch):
+    """Left padding leaves padding queries with no key to attend to; torch's CUDA kernels answered that with NaN
+    gradients on an H200 (genrec.model.attention_mask). The training forward must hand sdpa no such row, and its
+    loss and gradients must equal those of the plain 2-D mask (the CPU kernel is exact there)."""
+    from transformers import AutoModelForCausalLM
+
+    from genrec.model.attention_mask import training_attention_mask
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32, attn_implementation="sdpa")
+    rows = [{"input_ids": [5, 6, 7, 8, 9, 10], "labels": [-100, -100, -100, -100, 9, 10]},
+            {"input_ids": [11, 12, 13], "labels": [-100, -100, 13]}]
+    batch = collate(rows, pad_id=0)
+    masks = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, attn_mask=None, **kwargs):
+        masks.append(attn_mask)
+        return sdpa(*args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+
+    def loss_and_grads(plain: bool):
+        model.zero_grad()
+        if plain:  # what transformers builds from the 2-D mask
+            with monkeypatch.context() as m:
+                m.setattr("genrec.training.loss.training_attention_mask", lambda model, mask: mask)
+                loss = completion_loss(model, batch)
+        else:
+            loss = completion_loss(model, batch)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    plain_loss, plain_grads = loss_and_grads(plain=True)
+    assert masks and any(not bool(m.any(-1).all()) for m in masks)  # the 2-D mask leaves padding rows empty
+    masks.clear()
+    fixed_loss, fixed_grads = loss_and_grads(plain=False)
+    assert masks and all(m is not None and bool(m.any(-1).all()) for m in masks)
+    assert fixed_loss == pytest.approx(plain_loss, rel=1e-6)
+    assert len(fixed_grads) == len(plain_grads) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fixed_grads, plain_grads))
+    # real rows see exactly the causal real keys; padding rows only themselves
+    mask = training_attention_mask(model, batch["attention_mask"])[:, 0]
+    assert mask.shape == (2, 6, 6)
+    assert mask[1, 3:, 3:].equal(torch.ones(3, 3, dtype=torch.bool).tril()) and not mask[1, 3:, :3].any()
+    assert mask[1, :3, :3].equal(torch.eye(3, dtype=torch.bool))
+    # nothing to fix: no padding, or eager attention
+    full = torch.ones(2, 6, dtype=torch.long)
+    assert training_attention_mask(model, full) is full
+    model.config._attn_implementation = "eager"
+    assert training_attention_mask(model, batch["attention_mask"]) is batch["attention_mask"]
+
+
 def test_checkpoint_is_a_peft_folder_with_state_config_and_template(tiny_overrides, tmp_path, tiny_model_dir):
     finetune = load_recipe("finetune")
     finetune.main(tiny_overrides + ["train.max_steps=3", "train.save_every=2"])

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from genrec.model.attention_mask import training_attention_mask
 from genrec.model.output_head import OutputHead
 from genrec.training.batching import collate
 
@@ -31,7 +32,8 @@ def label_logits(model, batch: dict[str, torch.Tensor], candidates: torch.Tensor
     runs over the candidates of its target's group only."""
     keep = batch["loss_positions"]
     targets = batch["labels"][:, 1:][keep[:, :-1]]
-    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")}
+    inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"],
+              "attention_mask": training_attention_mask(model, batch["attention_mask"])}
     if candidates is None:
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
         return logits.float().reshape(-1, logits.shape[-1]), targets
