@@ -133,11 +133,12 @@ def plot(curve: dict, chosen: dict, path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 5.2))
-    lo_x = min([-100 * TARGET["standard_loss"] - 2] + [100 * p["ci95"]["ndcg@10"][0] for pts in curve.values()
-                                                       for p in pts])
-    hi_y = max([100 * TARGET["debiased_gain"] + 2] + [100 * p["ci95"]["debiased_ndcg@10"][1] for pts in curve.values()
-                                                      for p in pts])
-    ax.fill_between([-100 * TARGET["standard_loss"], 100], 100 * TARGET["debiased_gain"], hi_y + 5, color="tab:green",
+    xs_all = [100 * p["ci95"]["ndcg@10"][i] for pts in curve.values() for p in pts for i in (0, 1)]
+    ys_all = [100 * p["ci95"]["debiased_ndcg@10"][i] for pts in curve.values() for p in pts for i in (0, 1)]
+    # the axes hold every interval, SFT and the target's corner, nothing more
+    lo_x, hi_x = min([-100 * TARGET["standard_loss"] - 1, *xs_all]) - 1, max([1.0, *xs_all]) + 1
+    lo_y, hi_y = min([-1.0, *ys_all]) - 1, max([100 * TARGET["debiased_gain"] + 2, *ys_all]) + 1
+    ax.fill_between([-100 * TARGET["standard_loss"], hi_x], 100 * TARGET["debiased_gain"], hi_y, color="tab:green",
                     alpha=0.08, label=f"target: debiased >= +{100 * TARGET['debiased_gain']:.0f}%, "
                                       f"standard >= -{100 * TARGET['standard_loss']:.0f}%")
     for (family, points), colour in zip(curve.items(), ("tab:red", "tab:blue", "tab:purple", "tab:orange")):
@@ -158,8 +159,8 @@ def plot(curve: dict, chosen: dict, path: Path, title: str) -> None:
     ax.plot([0], [0], "k*", ms=12, label="SFT (the recipe as it ranks)")
     ax.axhline(0, color="grey", lw=0.6)
     ax.axvline(0, color="grey", lw=0.6)
-    ax.set_xlim(lo_x - 1, max(2.0, ax.get_xlim()[1]))
-    ax.set_ylim(ax.get_ylim()[0], hi_y + 2)
+    ax.set_xlim(lo_x, hi_x)
+    ax.set_ylim(lo_y, hi_y)
     ax.set_xlabel("test NDCG@10, change vs SFT (%)")
     ax.set_ylabel("test debiased (SNIPS) NDCG@10, change vs SFT (%)")
     ax.set_title(title, fontsize=10)
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
     parser.add_argument("--penalties", type=float, nargs="*", default=[-0.025, -0.05, -0.1, -0.2, -0.3])
     parser.add_argument("--gammas", type=float, nargs="*", default=[0.1, 0.25])
-    parser.add_argument("--mixes", type=float, nargs="*", default=[0.005, 0.01, 0.02, 0.05, 0.1])
+    parser.add_argument("--mixes", type=float, nargs="*", default=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5])
     parser.add_argument("--plot", default=None, help="PNG path (default <root>/causal_tradeoff.png)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the recipe")
     args = parser.parse_args(argv)
@@ -246,7 +247,8 @@ def main(argv: list[str] | None = None) -> dict:
                                    "weights capped at eval.ips_clip")
     path = Path(args.plot) if args.plot else root / "causal_tradeoff.png"
     plot(curve, result["chosen"], path, f"Amazon {args.dataset.title()}: decoding-time popularity interventions on "
-                                        f"the headline recipe (seeds {' '.join(map(str, args.seeds))}, test)")
+                                        f"the headline recipe\n(seeds {' '.join(map(str, args.seeds))}, test; "
+                                        "bars: paired bootstrap 95% intervals; circled: chosen on validation)")
     result["plot"] = str(path)
     print(json.dumps(result))
     return result
