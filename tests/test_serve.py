@@ -127,6 +127,24 @@ def test_an_error_inside_one_request_does_not_take_the_server_down(served, monke
     assert client.post("/recommend", json={"user_id": "3"}).status_code == 200
 
 
+def test_every_forward_pass_runs_on_the_thread_that_loaded_the_model(served, monkeypatch):
+    """Rankings and explanations run on the model thread, never on the web server's threads (a second thread
+    running the model gets a second OpenMP pool: on 2 cores a top-10 took twice as long)."""
+    service, client = served
+    threads = []
+    rank, explainer = service.recommender.rank, service.explainer
+
+    def on(fn):
+        return lambda *args, **kwargs: (threads.append(threading.current_thread()), fn(*args, **kwargs))[1]
+
+    monkeypatch.setattr(service.recommender, "rank", on(rank))
+    monkeypatch.setattr(service, "explainer", on(explainer))
+    answer = client.post("/recommend", json={"user_id": "3", "k": 3, "explain": True})
+    assert answer.status_code == 200 and all(row["explanation"] for row in answer.json()["items"])
+    assert len(threads) == 2 and all(t is service.worker for t in threads)
+    assert threading.current_thread() is not service.worker
+
+
 def test_concurrent_requests_share_forward_passes_and_get_their_own_answers(served):
     service, client = served
     users = service.split.eval_users[:8]

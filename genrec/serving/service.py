@@ -4,10 +4,15 @@ rankings batched into one forward pass, explanations on request (genrec.explain.
 The HTTP layer is genrec.serving.app; this module knows nothing of HTTP: a bad request is a ``RequestError``
 with the status it deserves (404 unknown user, 422 unknown titles with their close matches) and a message.
 
-Threads: the web server calls ``recommend`` from many threads. Rankings go through one queue to one worker
-thread, which takes every request waiting (up to decode.batch_users, after at most ``batch_wait_ms``) and
-ranks them in one ``Recommender.rank`` call; explanations run under the same lock as that worker's forward
-passes, so the model only ever runs one batch at a time.
+Threads: the web server calls ``recommend`` from many threads. One model thread loads the model and runs
+every forward pass: rankings reach it through a queue, and it takes every request waiting (up to
+decode.batch_users, after at most ``batch_wait_ms``) and ranks them in one ``Recommender.rank`` call;
+explanations reach it through the same queue. So the model runs one batch at a time, and always on the
+thread that loaded it. Why the same thread: PyTorch's OpenMP pool belongs to the thread that first ran a
+parallel operation. Once the loading thread owns one, a second thread running the model gets its own pool,
+and on 2 cores the two pools' idle workers make each matrix product wait. Measured on the AMX Xeon
+(BENCHMARKS.md, "Serving from the thread that loaded the model"): a bf16 linear took 131 µs on the
+loading thread and 236 µs on another, and a top-10 request 62 ms against 129 ms.
 """
 
 from __future__ import annotations
@@ -56,21 +61,17 @@ class RecommendationService:
             explanation_template(setup)  # explanations must be possible before the server says it is up
 
         self.cfg = cfg
-        self.recommender, self.checkpoint = Recommender.load(cfg, check=check)
+        self.batch_wait = batch_wait_ms / 1000
+        self.jobs: queue.Queue = queue.Queue()  # ("rank", example, excluded, k, future) or ("call", fn, future)
+        self.batches = 0  # rank() calls, for tests and /health
+        loaded: Future = Future()
+        self.worker = threading.Thread(target=self._model_thread, args=(check, loaded), name="genrec-model",
+                                       daemon=True)
+        self.worker.start()
+        loaded.result()  # a config or checkpoint error is raised here, in the caller
         self.split = self.recommender.setup.split
         self.catalog = self.split.catalog
-        self.explainer = RankingExplainer(self.recommender)
         self.max_k = max(self.recommender.options.num_beams, cfg.recommend.k)
-        self.batch_wait = batch_wait_ms / 1000
-        self.lock = threading.Lock()  # one forward pass at a time
-        self.jobs: queue.Queue = queue.Queue()
-        self.batches = 0  # rank() calls, for tests and /health
-        dtype = resolve_dtype(cfg.model.dtype)
-        device = next(self.recommender.model.parameters()).device
-        self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype != torch.float32 \
-            else contextlib.nullcontext
-        self.worker = threading.Thread(target=self._rank_forever, name="genrec-ranker", daemon=True)
-        self.worker.start()
 
     # ---- requests
     def resolve(self, request: Request) -> tuple[Example, set[int]]:
@@ -107,10 +108,7 @@ class RecommendationService:
         example, seen = self.resolve(request)
         ranked = self.rank(example, seen if request.exclude_seen else set(), request.k)
         ranked_at = time.perf_counter()
-        explained = None
-        if request.explain:
-            with self.lock, self.autocast():
-                explained = self.explainer(example, ranked)
+        explained = self.on_model_thread(lambda: self.explainer(example, ranked)) if request.explain else None
         done = time.perf_counter()
         items = []
         for r, (item, score) in enumerate(ranked, start=1):
@@ -140,31 +138,65 @@ class RecommendationService:
     def users(self, limit: int = 50) -> list[str]:
         return self.split.eval_users[:limit]
 
-    # ---- batched ranking
+    # ---- the model thread
     def rank(self, example: Example, excluded: set[int], k: int) -> list[tuple[int, float]]:
         job: Future = Future()
-        self.jobs.put((example, excluded, k, job))
+        self.jobs.put(("rank", example, excluded, k, job))
         return job.result()
 
-    def _rank_forever(self) -> None:
+    def on_model_thread(self, fn):
+        """``fn()`` run by the model thread, between ranking batches."""
+        job: Future = Future()
+        self.jobs.put(("call", fn, job))
+        return job.result()
+
+    def _model_thread(self, check, loaded: Future) -> None:
+        try:
+            self.recommender, self.checkpoint = Recommender.load(self.cfg, check=check)
+            self.explainer = RankingExplainer(self.recommender)
+            dtype = resolve_dtype(self.cfg.model.dtype)
+            device = next(self.recommender.model.parameters()).device
+            self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype != torch.float32 \
+                else contextlib.nullcontext
+        except BaseException as e:  # noqa: BLE001 - raised again in the thread that built the service
+            loaded.set_exception(e)
+            return
+        loaded.set_result(None)
+        held: list = []  # calls that arrived while a ranking batch was being gathered
         while True:
-            batch = [self.jobs.get()]
+            job = held.pop(0) if held else self.jobs.get()
+            if job[0] == "call":
+                self._run(job[2], job[1])
+                continue
+            batch = [job]
             deadline = time.perf_counter() + self.batch_wait
             while len(batch) < self.recommender.options.batch_users:
                 left = deadline - time.perf_counter()
                 try:
-                    batch.append(self.jobs.get(timeout=max(left, 0)) if left > 0 else self.jobs.get_nowait())
+                    nxt = self.jobs.get(timeout=left) if left > 0 else self.jobs.get_nowait()
                 except queue.Empty:
                     break
-            try:
-                k = max(job[2] for job in batch)
-                with self.lock, self.autocast():
-                    ranked = self.recommender.rank([job[0] for job in batch], [job[1] for job in batch], k).items
-                self.batches += 1
-                for (_, _, want, future), result in zip(batch, ranked):
-                    future.set_result(result[:want])
-            except Exception as e:  # noqa: BLE001 - the requests of this batch fail, the server goes on
-                log.exception("ranking a batch of %d requests failed", len(batch))
-                for *_, future in batch:
-                    if not future.done():
-                        future.set_exception(e)
+                (batch if nxt[0] == "rank" else held).append(nxt)
+            self._rank_batch(batch)
+
+    def _run(self, future: Future, fn) -> None:
+        try:
+            with self.autocast():
+                future.set_result(fn())
+        except Exception as e:  # noqa: BLE001 - that request fails, the server goes on
+            log.exception("a request on the model thread failed")
+            future.set_exception(e)
+
+    def _rank_batch(self, batch: list) -> None:
+        try:
+            k = max(job[3] for job in batch)
+            with self.autocast():
+                ranked = self.recommender.rank([job[1] for job in batch], [job[2] for job in batch], k).items
+            self.batches += 1
+            for (_, _, _, want, future), result in zip(batch, ranked):
+                future.set_result(result[:want])
+        except Exception as e:  # noqa: BLE001 - the requests of this batch fail, the server goes on
+            log.exception("ranking a batch of %d requests failed", len(batch))
+            for *_, future in batch:
+                if not future.done():
+                    future.set_exception(e)
