@@ -19,6 +19,8 @@ import contextlib
 
 import torch
 
+from genrec.model.attention_mask import sliding_window
+
 NAME = "genrec_shared_prefix"
 _registered = False
 
@@ -50,17 +52,6 @@ def supports(model, length: int | None = None) -> bool:
         return False
     window = sliding_window(config)
     return window is None or (length is not None and length <= window)
-
-
-def sliding_window(config) -> int | None:
-    """The attention window of any layer that has one, else None."""
-    window = getattr(config, "sliding_window", None)
-    if not window:
-        return None
-    layer_types = getattr(config, "layer_types", None)
-    if layer_types is not None:
-        return window if "sliding_attention" in layer_types else None
-    return None if getattr(config, "use_sliding_window", None) is False else window
 
 
 class PrefixState:

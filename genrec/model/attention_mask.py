@@ -18,9 +18,14 @@ import torch
 
 
 def sliding_window(config) -> int | None:
-    """The model's attention window, when it has one that is on (Mistral; Qwen2 only with use_sliding_window)."""
+    """The attention window of any layer that has one, else None (Qwen2's is off unless use_sliding_window)."""
     window = getattr(config, "sliding_window", None)
-    return window if window and getattr(config, "use_sliding_window", True) else None
+    if not window:
+        return None
+    layer_types = getattr(config, "layer_types", None)
+    if layer_types is not None:
+        return window if "sliding_attention" in layer_types else None
+    return None if getattr(config, "use_sliding_window", None) is False else window
 
 
 def training_attention_mask(model, mask: torch.Tensor) -> torch.Tensor:
