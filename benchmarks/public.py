@@ -157,6 +157,14 @@ def run_seed(seed: int, args) -> dict:
     return {"results": out, "train_seconds": seconds, "genrec_parts": parts}
 
 
+def other_dataset(args) -> bool:
+    """Whether --set points the recipes at another dataset than their own (benchmarks/transfer.py)."""
+    from genrec.config import load_config
+
+    own = load_config(config_path(args.dataset, "sasrec"), [], check=False).data.dataset
+    return any(o.split("=", 1)[0] == "data.dataset" and o.split("=", 1)[1] != own for o in args.set)
+
+
 def summarise(runs: list[dict], system: str) -> dict:
     out = {}
     for m in METRICS:
@@ -189,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
         "protocol": spec["protocol"],
         spec["count"]: counts[0] if len(counts) == 1 else counts,
         **{system: summarise(runs, system) for system in args.systems},
-        "published": spec["published"],
+        # published figures belong to the recipe's own dataset; another one (data.dataset=...) has none here
+        "published": spec["published"] if not other_dataset(args) else {},
         "train_minutes": {s: round(statistics.fmean(r["train_seconds"][s] for r in runs) / 60, 2)
                           for s in ("genrec", "sasrec") if s in args.systems},
         # genrec reading a SASRec (item rows, ranking): its minutes are the SASRec's plus the LLM's, each given here

@@ -449,3 +449,57 @@ def test_public_benchmark_genrec_reading_a_sasrec_trains_it_first_and_counts_it(
     for split in ("valid", "test"):
         assert combos["genrec+sasrec"][split]["42 w=0.0"] == combos["genrec"][split]["42"]
         assert combos["genrec+sasrec"][split]["42 w=10000.0"] == combos["sasrec"][split]["42"]
+
+
+# --------------------------------------------------------------------------- benchmarks/transfer.py
+
+
+def test_transfer_files_read_back_as_genrec_s_own_splits_of_ml100k(tmp_path):
+    """benchmarks/transfer.py writes ml-100k in Beauty.txt's and MiniOneRec's layouts; read through the Beauty and
+    Office recipes' configs with only the data keys changed, they give back genrec's leave-one-out and temporal
+    splits of the same log: the same users, items, titles (commas and quotes included) and cases."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import transfer
+
+    def ids(split, seq):
+        return [split.catalog[i].item_id for i in seq]
+
+    beauty = load_split(load_config(REPO / "recipes/configs/beauty/sasrec.yaml",
+                                    transfer.write_sequences(tmp_path / "seq")))
+    loo = transfer.ml100k_split()
+    assert len(beauty.sequences) == 943 and len(beauty.catalog) == 1682
+    assert sum(map(len, beauty.sequences.values())) == 100_000
+    assert {u: ids(beauty, s) for u, s in beauty.sequences.items()} == {u: ids(loo, s) for u, s in loo.sequences.items()}
+
+    office = load_split(load_config(REPO / "recipes/configs/office/sasrec.yaml",
+                                    transfer.write_minionerec(tmp_path / "rows")))
+    temporal = transfer.ml100k_split("data.split=temporal", "data.max_history=10")
+    assert office.protocol == "files" and len(office.catalog) == 1682
+    assert sorted(it.text for it in office.catalog.items) == sorted(it.text for it in temporal.catalog.items)
+    assert "Monty Python's Life of Brian (1979)" in {it.text for it in office.catalog.items}
+    rows = {name: len(office.cases(name)) for name in ("valid", "test")}
+    rows["train"] = len(office.train_rows)
+    assert sum(rows.values()) == 100_000 - 943  # every user's history -> next item rows
+    assert rows["train"] == math.floor(0.8 * 99_057) and rows["valid"] == math.floor(0.9 * 99_057) - rows["train"]
+    for name in ("valid", "test"):
+        def keyed(split, case):
+            return case.user_id, ids(split, split.case_example(case, 10).history), split.catalog[case.target].item_id
+        assert [keyed(office, c) for c in office.cases(name)] == [keyed(temporal, c) for c in temporal.cases(name)]
+
+
+def test_transfer_smoke_runs_the_beauty_recipes_on_other_data_with_data_keys_only(tmp_path, tiny_model_dir):
+    """The harness on transfer's ml-100k file (SASRec and most-popular; the LLM's path on a sequences file is covered
+    above): it scores the new data, names it, and shows no published figures, which belong to Beauty."""
+    cmd = [sys.executable, str(REPO / "benchmarks" / "transfer.py"), "--layout", "sequences", "--smoke", "--out",
+           str(tmp_path), "--systems", "sasrec", "popularity", "--set", f"model.name_or_path={tiny_model_dir}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=False,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "GENREC_RECIPES_IN_PROCESS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["dataset"] == "beauty" and result["users"] == 16
+    assert result["published"] == {}
+    assert all(o.startswith("data.") for o in result["transfer"]["overrides"])
+    for system in ("sasrec", "popularity"):
+        assert 0.0 <= result[system]["ndcg@10"] <= result[system]["hit@10"] <= 1.0
+        proto = json.loads((tmp_path / "sequences" / "runs" / "seed-42" / system / "eval_results.json").read_text())
+        assert (proto["protocol"]["dataset"], proto["protocol"]["catalog_size"]) == ("ml100k-sequences", 1682)
