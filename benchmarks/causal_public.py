@@ -5,6 +5,7 @@ trade-off drawn.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/causal_public.py [--dataset beauty] [--root runs/public/beauty]
         [--seeds 42 43 44] [--penalties -0.05 -0.1 ...] [--gammas 0.1 0.25] [--mixes 0.01 0.05 ...]
+        [--trained deconfounded pd_term] [--trained-gammas 0 0.25 0.5 1]
         [--plot docs/img/causal_beauty.png] [--set KEY=VALUE ...]
 
 Systems, all from the same adapter and SASRec per seed (``<root>/seed-<s>/genrec/adapter``,
@@ -14,8 +15,15 @@ Systems, all from the same adapter and SASRec per seed (``<root>/seed-<s>/genrec
   against popularity);
 - ``sft_pda``: ``decode.popularity_gamma`` > 0, PDA's popularity prior added (the other side of the curve);
 - ``sft_mix``: ``decode.propensity_mix`` = beta, rank by p(item | h) * (1 + beta * w(item)).
-The training-time recipes (deconfounded weights, PD's popularity term, counterfactual fine-tuning) need their
-own training runs per seed on this dataset and are not scored here (``benchmarks/causal.py`` on ml-100k).
+Training-time recipes (``--trained``, none by default: each costs the recipe's whole training budget per seed):
+- ``deconfounded``: each target's loss weighted by (count + 1)^-0.5 (``train.target_weighting=inverse_popularity``,
+  ``train.weight_power=0.5``, ml-100k's milder weights), decoded over ``decode.popularity_gamma`` >= 0 (PDA);
+- ``pd_term``: PD's popularity term in the item softmax (``train.popularity_prior=1``), decoded over gamma >= 0.
+Each is the same config, seed, SASRec and ``train.max_minutes`` as SFT with its training keys added, trained into
+``<root>/seed-<s>/causal/<name>/`` (reloaded when there; its minutes reported beside SFT's), ranked as the recipe
+ranks (its LLM's log p plus the seed's SASRec's), and compared with SFT's test rankings user by user.
+Counterfactual fine-tuning is left to ``benchmarks/causal.py`` (ml-100k): its knob needs a second, null-history
+score per case.
 
 How: every case's score of every item is computed once per seed and split (the LLM's log p, cached as
 ``<root>/seed-<s>/causal/llm_log_probs_<split>.pt``, plus ``decode.sasrec_weight`` times SASRec's), and each
@@ -50,7 +58,8 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 from causal import STANDARD_LOSS, averaged, choose, row  # noqa: E402  (the ml-100k benchmark's rule and rows)
 from ensembles import llm_log_probs  # noqa: E402
-from public import config_path  # noqa: E402
+from public import SMOKE, config_path  # noqa: E402
+from quality import recipe, trained  # noqa: E402
 
 from genrec.baselines import sasrec  # noqa: E402
 from genrec.config import load_config  # noqa: E402
@@ -65,14 +74,19 @@ from genrec.runtime import make_accelerator, set_threads  # noqa: E402
 
 SPLITS = ("valid", "test")
 KNOBS = {"gamma": "popularity_gamma", "beta": "propensity_mix"}
-FAMILIES = {"sft_penalty": ("gamma", lambda v: v < 0), "sft_pda": ("gamma", lambda v: v > 0),
-            "sft_mix": ("beta", lambda v: v > 0)}
+# row -> (the trained system it decodes, knob, which knob values belong to the row)
+FAMILIES = {"sft_penalty": ("sft", "gamma", lambda v: v < 0), "sft_pda": ("sft", "gamma", lambda v: v > 0),
+            "sft_mix": ("sft", "beta", lambda v: v > 0)}
+# training-time recipes: the training keys added to SFT's recipe
+TRAINED = {"deconfounded": ["train.target_weighting=inverse_popularity", "train.weight_power=0.5"],
+           "pd_term": ["train.popularity_prior=1.0"]}
 TARGET = {"debiased_gain": 0.10, "standard_loss": STANDARD_LOSS}  # issue 25's bar, drawn on the plot
 
 
-def load_seed(config: str, folder: Path, overrides: list[str]) -> Recommender:
-    """The seed's recipe as evaluated: its adapter and (when the recipe reads one) its SASRec."""
-    adapter, checkpoint = folder / "genrec" / "adapter", folder / "sasrec" / "sasrec.pt"
+def load_seed(config: str, folder: Path, overrides: list[str], adapter: Path | None = None) -> Recommender:
+    """The seed's recipe as evaluated: its adapter (SFT's unless another is given) and (when the recipe reads
+    one) its SASRec."""
+    adapter, checkpoint = adapter or folder / "genrec" / "adapter", folder / "sasrec" / "sasrec.pt"
     if not (adapter / "adapter_config.json").is_file():
         raise SystemExit(f"{adapter}: no trained adapter; train the seed first with benchmarks/public.py "
                          f"--seeds {folder.name.removeprefix('seed-')} --out {folder.parent}")
@@ -80,6 +94,16 @@ def load_seed(config: str, folder: Path, overrides: list[str]) -> Recommender:
     if load_config(config, base, check=False).decode.sasrec_weight:
         base.append(f"items.sasrec_checkpoint={checkpoint}")
     return Recommender.load(load_config(config, base))[0]
+
+
+def train_recipe(name: str, config: str, folder: Path, overrides: list[str], smoke: bool) -> float:
+    """A training-time recipe for one seed: SFT's config, seed, SASRec and budget plus its training keys, into
+    ``<seed folder>/causal/<name>/`` (reloaded when trained before). Returns its training seconds."""
+    out = folder / "causal" / name
+    keys = [f"run.output_dir={out}", *(SMOKE if smoke else []), "eval.users=null", *overrides, *TRAINED[name]]
+    if load_config(config, keys, check=False).items.atomic_init == "sasrec":
+        keys.append(f"items.sasrec_checkpoint={folder / 'sasrec' / 'sasrec.pt'}")
+    return trained(out, False, lambda: recipe("finetune", config, keys))
 
 
 def base_scores(rec: Recommender, split_name: str, cache: Path) -> torch.Tensor:
@@ -100,7 +124,8 @@ def base_scores(rec: Recommender, split_name: str, cache: Path) -> torch.Tensor:
     return llm
 
 
-def evaluate(rec: Recommender, scores: torch.Tensor, split_name: str, setting: tuple[str, float]) -> dict:
+def evaluate(rec: Recommender, scores: torch.Tensor, split_name: str, setting: tuple[str, float],
+             system: str = "sft") -> dict:
     """Every case of ``split_name`` ranked by ``scores`` plus the prior of one decoding setting, and scored."""
     cfg, split = rec.setup.cfg, rec.setup.split
     off = {"popularity_gamma": 0.0, "propensity_mix": 0.0, "contrastive_lambda": 0.0}  # one knob set, the rest off
@@ -113,7 +138,7 @@ def evaluate(rec: Recommender, scores: torch.Tensor, split_name: str, setting: t
     metrics = score_cases({c.case_id: t for c, t in zip(cases, top)}, split, cases, cfg.eval.ks,
                           ips_clip=cfg.eval.ips_clip, seed=cfg.run.seed)
     metrics["rankings"] = [[i for i, _ in t] for t in top]
-    print(f"  seed {cfg.run.seed} {split_name} {setting[0]}={setting[1]:+g}: NDCG@10 {metrics['ndcg@10']:.4f}  "
+    print(f"  seed {cfg.run.seed} {system} {split_name} {setting[0]}={setting[1]:+g}: NDCG@10 {metrics['ndcg@10']:.4f}  "
           f"debiased {metrics['snips_ndcg@10']:.4f}  ARP@10 {metrics['arp@10']:.0f}", flush=True)
     return metrics
 
@@ -141,7 +166,8 @@ def plot(curve: dict, chosen: dict, path: Path, title: str) -> None:
     ax.fill_between([-100 * TARGET["standard_loss"], hi_x], 100 * TARGET["debiased_gain"], hi_y, color="tab:green",
                     alpha=0.08, label=f"target: debiased >= +{100 * TARGET['debiased_gain']:.0f}%, "
                                       f"standard >= -{100 * TARGET['standard_loss']:.0f}%")
-    for (family, points), colour in zip(curve.items(), ("tab:red", "tab:blue", "tab:purple", "tab:orange")):
+    for (family, points), colour in zip(curve.items(), ("tab:red", "tab:blue", "tab:purple", "tab:orange",
+                                                          "tab:brown", "tab:cyan")):
         xs = [100 * p["relative"]["ndcg@10"] for p in points]
         ys = [100 * p["relative"]["debiased_ndcg@10"] for p in points]
         xerr = [[x - 100 * p["ci95"]["ndcg@10"][0] for x, p in zip(xs, points)],
@@ -180,6 +206,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--penalties", type=float, nargs="*", default=[-0.025, -0.05, -0.1, -0.2, -0.3])
     parser.add_argument("--gammas", type=float, nargs="*", default=[0.1, 0.25])
     parser.add_argument("--mixes", type=float, nargs="*", default=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5])
+    parser.add_argument("--trained", nargs="*", default=[], choices=sorted(TRAINED),
+                        help="training-time recipes to train (one budget per seed each) and decode")
+    parser.add_argument("--trained-gammas", type=float, nargs="*", default=[0.0, 0.25, 0.5, 1.0],
+                        help="decode.popularity_gamma values of the training-time recipes (0: their own scores)")
+    parser.add_argument("--smoke", action="store_true", help="train the --trained recipes with public.py's tiny budgets")
     parser.add_argument("--plot", default=None, help="PNG path (default <root>/causal_tradeoff.png)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the recipe")
     args = parser.parse_args(argv)
@@ -187,26 +218,42 @@ def main(argv: list[str] | None = None) -> dict:
     root = Path(args.root or REPO / "runs" / "public" / args.dataset)
     config = config_path(args.dataset, "genrec")
     grid = [("gamma", 0.0)] + [("gamma", g) for g in args.penalties + args.gammas] + [("beta", b) for b in args.mixes]
+    grids = {"sft": grid, **{name: [("gamma", g) for g in args.trained_gammas] for name in args.trained}}
+    families = {**FAMILIES, **{name: (name, "gamma", lambda v: v >= 0) for name in args.trained}}
 
-    valid, test, recs = {}, {}, {}
+    # valid / test: (system, knob, value) -> one metrics dict per seed
+    valid, test, minutes, first = {}, {}, {}, None
     for seed in args.seeds:
         folder = root / f"seed-{seed}"
-        rec = recs[seed] = load_seed(config, folder, [f"run.seed={seed}", *args.set])
-        for split_name, out in (("valid", valid), ("test", test)):
-            scores = base_scores(rec, split_name, folder / "causal" / f"llm_log_probs_{split_name}.pt")
-            for setting in grid:
-                metrics = evaluate(rec, scores, split_name, setting)
-                if split_name == "valid":
-                    del metrics["rankings"]  # only test rankings are bootstrapped
-                out.setdefault(setting, []).append(metrics)
-            del scores
-    first, sft = recs[args.seeds[0]], ("gamma", 0.0)
+        overrides = [f"run.seed={seed}", *args.set]
+        sft_seconds = folder / "genrec" / "train_seconds.json"
+        if sft_seconds.is_file():
+            minutes.setdefault("sft", []).append(json.loads(sft_seconds.read_text())["seconds"] / 60)
+        for system, settings in grids.items():
+            adapter, cache = folder / "genrec" / "adapter", folder / "causal"
+            if system != "sft":
+                minutes.setdefault(system, []).append(
+                    train_recipe(system, config, folder, overrides, args.smoke) / 60)
+                adapter, cache = folder / "causal" / system / "adapter", folder / "causal" / system
+            rec = load_seed(config, folder, overrides, adapter)
+            first = rec if first is None else first  # the split and config every interval is drawn on (the same for every system)
+            for split_name, out in (("valid", valid), ("test", test)):
+                scores = base_scores(rec, split_name, cache / f"llm_log_probs_{split_name}.pt")
+                for setting in settings:
+                    metrics = evaluate(rec, scores, split_name, setting, system)
+                    if split_name == "valid":
+                        del metrics["rankings"]  # only test rankings are bootstrapped
+                    out.setdefault((system, *setting), []).append(metrics)
+                del scores
+            if rec is not first:
+                del rec
+    sft = ("sft", "gamma", 0.0)
 
     mean_valid = {s: averaged(runs) for s, runs in valid.items()}
     reference = mean_valid[sft]["ndcg@10"]
     plan = {"sft": sft}
-    for family, (knob, member) in FAMILIES.items():
-        options = {s: m for s, m in mean_valid.items() if s[0] == knob and member(s[1])}
+    for family, (system, knob, member) in families.items():
+        options = {s: m for s, m in mean_valid.items() if s[0] == system and s[1] == knob and member(s[2])}
         if options:
             plan[family] = choose(options, reference)
 
@@ -216,7 +263,7 @@ def main(argv: list[str] | None = None) -> dict:
                               "debiased_ndcg@10": [round(m["snips_ndcg@10"], 4) for m in runs]}}
         if label != "sft":
             extra["relative_ci95"] = relative_ci(runs, test[sft], first, args.seeds[0])
-        return row(averaged(runs), **{setting[0]: setting[1]}, **extra, snips_ess=round(runs[0]["snips_ess"], 1),
+        return row(averaged(runs), **{setting[1]: setting[2]}, **extra, snips_ess=round(runs[0]["snips_ess"], 1),
                    valid_ndcg=round(mean_valid[setting]["ndcg@10"], 4),
                    valid_debiased_ndcg=round(mean_valid[setting]["snips_ndcg@10"], 4))
 
@@ -228,25 +275,29 @@ def main(argv: list[str] | None = None) -> dict:
             result[label]["relative"] = {m: round(result[label][m] / base[m] - 1, 4)
                                          for m in ("ndcg@10", "debiased_ndcg@10", "intervened_ndcg@10")}
     curve = {}
-    for family, (knob, member) in FAMILIES.items():
-        for setting in [s for s in grid if s[0] == knob and member(s[1])]:
+    for family, (system, knob, member) in families.items():
+        for setting in [(system, *s) for s in grids[system] if s[0] == knob and member(s[1])]:
             mean = averaged(test[setting])
             curve.setdefault(family, []).append({
-                "knob": knob, "value": setting[1],
+                "knob": knob, "value": setting[2],
                 "relative": {"ndcg@10": round(mean["ndcg@10"] / base["ndcg@10"] - 1, 4),
                              "debiased_ndcg@10": round(mean["snips_ndcg@10"] / base["debiased_ndcg@10"] - 1, 4)},
                 "arp@10": round(mean["arp@10"], 1),
                 "ci95": relative_ci(test[setting], test[sft], first, args.seeds[0])})
     result["chosen"] = {"rule": f"best valid debiased NDCG@10 with valid NDCG@10 >= {1 - STANDARD_LOSS:.2f} x SFT's",
-                        **{label: {s[0]: s[1]} for label, s in plan.items()}}
-    result["valid_grid"] = {f"{k}={v:g}": {"ndcg@10": round(m["ndcg@10"], 4),
-                                            "debiased_ndcg@10": round(m["snips_ndcg@10"], 4)}
-                            for (k, v), m in mean_valid.items()}
+                        **{label: {s[1]: s[2]} for label, s in plan.items()}}
+    # SFT's settings keyed "knob=value" as before; a training-time recipe's "name:knob=value"
+    result["valid_grid"] = {f"{'' if system == 'sft' else system + ':'}{k}={v:g}": {
+        "ndcg@10": round(m["ndcg@10"], 4), "debiased_ndcg@10": round(m["snips_ndcg@10"], 4)}
+        for (system, k, v), m in mean_valid.items()}
+    # same budget: every recipe's training minutes per seed (SFT's as benchmarks/public.py recorded them)
+    result["train_minutes"] = {system: [round(m, 2) for m in values] for system, values in minutes.items()}
     result["curve"] = curve
     result["debiased_estimate"] = ("SNIPS, propensity (count+1)/(max+1) from training popularity, "
                                    "weights capped at eval.ips_clip")
     path = Path(args.plot) if args.plot else root / "causal_tradeoff.png"
-    plot(curve, result["chosen"], path, f"Amazon {args.dataset.title()}: decoding-time popularity interventions on "
+    what = "popularity interventions" if args.trained else "decoding-time popularity interventions"
+    plot(curve, result["chosen"], path, f"Amazon {args.dataset.title()}: {what} on "
                                         f"the headline recipe\n(seeds {' '.join(map(str, args.seeds))}, test; "
                                         "bars: paired bootstrap 95% intervals; circled: chosen on validation)")
     result["plot"] = str(path)
