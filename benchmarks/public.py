@@ -157,12 +157,13 @@ def run_seed(seed: int, args) -> dict:
     return {"results": out, "train_seconds": seconds, "genrec_parts": parts}
 
 
-def other_dataset(args) -> bool:
-    """Whether --set points the recipes at another dataset than their own (benchmarks/transfer.py)."""
+def other_dataset(args) -> str | None:
+    """The dataset --set points the recipes at when it is not their own (benchmarks/transfer.py), else None."""
     from genrec.config import load_config
 
     own = load_config(config_path(args.dataset, "sasrec"), [], check=False).data.dataset
-    return any(o.split("=", 1)[0] == "data.dataset" and o.split("=", 1)[1] != own for o in args.set)
+    named = [o.split("=", 1)[1] for o in args.set if o.split("=", 1)[0] == "data.dataset"]
+    return named[-1] if named and named[-1] != own else None
 
 
 def summarise(runs: list[dict], system: str) -> dict:
@@ -192,13 +193,15 @@ def main(argv: list[str] | None = None) -> dict:
     runs = [run_seed(seed, args) for seed in args.seeds]
     protocols = [p for r in runs for p in (res["protocol"] for res in r["results"].values())]
     counts = sorted({p[spec["count"]] for p in protocols})
+    other = other_dataset(args)
     result = {
-        "dataset": args.dataset,
+        "dataset": other or args.dataset,
+        **({"recipes_of": args.dataset} if other else {}),
         "protocol": spec["protocol"],
         spec["count"]: counts[0] if len(counts) == 1 else counts,
         **{system: summarise(runs, system) for system in args.systems},
         # published figures belong to the recipe's own dataset; another one (data.dataset=...) has none here
-        "published": spec["published"] if not other_dataset(args) else {},
+        "published": {} if other else spec["published"],
         "train_minutes": {s: round(statistics.fmean(r["train_seconds"][s] for r in runs) / 60, 2)
                           for s in ("genrec", "sasrec") if s in args.systems},
         # genrec reading a SASRec (item rows, ranking): its minutes are the SASRec's plus the LLM's, each given here

@@ -18,8 +18,9 @@ would bring it, and then runs ``benchmarks/public.py`` unchanged with ``--set da
 Caveat: ml-100k is where genrec's model recipe was first tuned, so this shows that the recipes run and compare
 on other data by config alone, not how they do on a dataset nobody here has seen.
 
-Last line: public.py's JSON object (with ``published`` empty: no published figures for this data), plus
-``transfer``: the layout, the files written and the data overrides.
+Last line: public.py's JSON object (``dataset`` the data written here, ``recipes_of`` the recipes' own dataset,
+``published`` empty: no published figures for this data), plus ``transfer``: the layout, the files written and the
+data overrides.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = public.main(["--dataset", recipe, "--seeds", *map(str, args.seeds), "--out", str(out / "runs"),
                           "--systems", *args.systems,
                           *(["--smoke"] if args.smoke else []), "--set", *data, *args.set])
-    result["transfer"] = {"layout": args.layout, "recipes_of": recipe, "data": "MovieLens-100K (recbole wheel)",
+    result["transfer"] = {"layout": args.layout, "data": "MovieLens-100K (recbole wheel)",
                           "overrides": data, "files": sorted(p.name for p in (out / "data").iterdir())}
     print(json.dumps(result))
     return result

@@ -496,7 +496,7 @@ def test_transfer_smoke_runs_the_beauty_recipes_on_other_data_with_data_keys_onl
                           env={**os.environ, "OMP_NUM_THREADS": "1", "GENREC_RECIPES_IN_PROCESS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["dataset"] == "beauty" and result["users"] == 16
+    assert (result["dataset"], result["recipes_of"], result["users"]) == ("ml100k-sequences", "beauty", 16)
     assert result["published"] == {}
     assert all(o.startswith("data.") for o in result["transfer"]["overrides"])
     for system in ("sasrec", "popularity"):
