@@ -297,8 +297,9 @@ def main(argv: list[str] | None = None) -> dict:
                                    "weights capped at eval.ips_clip")
     path = Path(args.plot) if args.plot else root / "causal_tradeoff.png"
     what = "popularity interventions" if args.trained else "decoding-time popularity interventions"
+    seeds = ("seed " if len(args.seeds) == 1 else "seeds ") + " ".join(map(str, args.seeds))
     plot(curve, result["chosen"], path, f"Amazon {args.dataset.title()}: {what} on "
-                                        f"the headline recipe\n(seeds {' '.join(map(str, args.seeds))}, test; "
+                                        f"the headline recipe\n({seeds}, test; "
                                         "bars: paired bootstrap 95% intervals; circled: chosen on validation)")
     result["plot"] = str(path)
     print(json.dumps(result))
