@@ -5,7 +5,8 @@
 Measures, in the same run, for float32 and bfloat16: prefill throughput (forward over a
 batch of 256-token prompts, logits for the last position only) and LoRA training
 throughput (forward + backward + AdamW step, loss on the last 12 positions, the way
-recipes/finetune.py computes it). Last line: one JSON object.
+recipes/finetune.py computes it). Last line: one JSON object, with the dtype ``auto`` picks and the
+instruction set torch's kernels use here (``cpu_capability``).
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ def main() -> None:
     results["bf16_speedup_train"] = round(results["bfloat16"]["train_tokens_per_s"] / results["float32"]["train_tokens_per_s"], 2)
     results["auto_dtype"] = str(resolve_dtype("auto")).replace("torch.", "")
     results["threads"] = torch.get_num_threads()
+    # the kernels' instruction set as torch sees it: ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA lower it, which is
+    # how an AVX2-only machine is emulated on a newer CPU (docs/public-benchmarks.md)
+    results["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     print(json.dumps(results))
 
 
