@@ -6,7 +6,7 @@ trade-off drawn.
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/causal_public.py [--dataset beauty] [--root runs/public/beauty]
         [--seeds 42 43 44] [--penalties -0.05 -0.1 ...] [--gammas 0.1 0.25] [--mixes 0.01 0.05 ...]
         [--trained deconfounded pd_term] [--trained-gammas 0 0.25 0.5 1]
-        [--plot docs/img/causal_beauty.png] [--set KEY=VALUE ...]
+        [--calibrated-mixes 0.01 0.05 ...] [--plot docs/img/causal_beauty.png] [--set KEY=VALUE ...]
 
 Systems, all from the same adapter and SASRec per seed (``<root>/seed-<s>/genrec/adapter``,
 ``<root>/seed-<s>/sasrec/sasrec.pt``), so each comparison with SFT is paired and no system trains longer:
@@ -14,7 +14,10 @@ Systems, all from the same adapter and SASRec per seed (``<root>/seed-<s>/genrec
 - ``sft_penalty``: ``decode.popularity_gamma`` < 0, a post-hoc popularity penalty (PDA's adjustment turned
   against popularity);
 - ``sft_pda``: ``decode.popularity_gamma`` > 0, PDA's popularity prior added (the other side of the curve);
-- ``sft_mix``: ``decode.propensity_mix`` = beta, rank by p(item | h) * (1 + beta * w(item)).
+- ``sft_mix``: ``decode.propensity_mix`` = beta, rank by p(item | h) * (1 + beta * w(item));
+- ``sft_mix_calibrated``: the same with p = softmax(score / T), ``decode.propensity_temperature`` = T fitted per
+  seed on the validation targets (``genrec.causal.calibration``): the mix's argument needs a calibrated p, and
+  the LLM x SASRec product is over-confident. Its knob is beta (``beta_cal`` in the grid).
 Training-time recipes (``--trained``, none by default: each costs the recipe's whole training budget per seed):
 - ``deconfounded``: each target's loss weighted by (count + 1)^-0.5 (``train.target_weighting=inverse_popularity``,
   ``train.weight_power=0.5``, ml-100k's milder weights), decoded over ``decode.popularity_gamma`` >= 0 (PDA);
@@ -38,7 +41,8 @@ bootstrap over test users (each user's NDCG averaged over the seeds first).
 The plot: per recipe, test NDCG@10 and debiased NDCG@10 relative to SFT at every value of its knob, with the
 bootstrap intervals as bars, SFT at the origin, the chosen settings ringed and the target region shaded.
 Last line: JSON {"dataset", "users", "seeds", "sft": {...}, "sft_penalty": {..., "relative_ci95": {...}}, ...,
-"chosen": {...}, "valid_grid": {...}, "curve": {...}, "plot": path}.
+"chosen": {...}, "calibration": {"temperature": [per seed], "valid_nll": {...}}, "valid_grid": {...},
+"curve": {...}, "plot": path}.
 """
 
 from __future__ import annotations
@@ -62,6 +66,7 @@ from public import SMOKE, config_path  # noqa: E402
 from quality import recipe, trained  # noqa: E402
 
 from genrec.baselines import sasrec  # noqa: E402
+from genrec.causal.calibration import fit_temperature, masked_scores, target_nll  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.decoding.ensemble import item_prior  # noqa: E402
 from genrec.decoding.search import top_k_unseen  # noqa: E402
@@ -73,10 +78,10 @@ from genrec.recommender import Recommender  # noqa: E402
 from genrec.runtime import make_accelerator, set_threads  # noqa: E402
 
 SPLITS = ("valid", "test")
-KNOBS = {"gamma": "popularity_gamma", "beta": "propensity_mix"}
+KNOBS = {"gamma": "popularity_gamma", "beta": "propensity_mix", "beta_cal": "propensity_mix"}
 # row -> (the trained system it decodes, knob, which knob values belong to the row)
 FAMILIES = {"sft_penalty": ("sft", "gamma", lambda v: v < 0), "sft_pda": ("sft", "gamma", lambda v: v > 0),
-            "sft_mix": ("sft", "beta", lambda v: v > 0)}
+            "sft_mix": ("sft", "beta", lambda v: v > 0), "sft_mix_calibrated": ("sft", "beta_cal", lambda v: v > 0)}
 # training-time recipes: the training keys added to SFT's recipe
 TRAINED = {"deconfounded": ["train.target_weighting=inverse_popularity", "train.weight_power=0.5"],
            "pd_term": ["train.popularity_prior=1.0"]}
@@ -125,11 +130,13 @@ def base_scores(rec: Recommender, split_name: str, cache: Path) -> torch.Tensor:
 
 
 def evaluate(rec: Recommender, scores: torch.Tensor, split_name: str, setting: tuple[str, float],
-             system: str = "sft") -> dict:
-    """Every case of ``split_name`` ranked by ``scores`` plus the prior of one decoding setting, and scored."""
+             system: str = "sft", temperature: float = 1.0) -> dict:
+    """Every case of ``split_name`` ranked by ``scores`` plus the prior of one decoding setting, and scored;
+    ``temperature``: the seed's fitted decode.propensity_temperature, used by the calibrated mix (``beta_cal``)."""
     cfg, split = rec.setup.cfg, rec.setup.split
     off = {"popularity_gamma": 0.0, "propensity_mix": 0.0, "contrastive_lambda": 0.0}  # one knob set, the rest off
-    options = replace(rec.options, **{**off, KNOBS[setting[0]]: setting[1]})
+    options = replace(rec.options, **{**off, KNOBS[setting[0]]: setting[1]},
+                      propensity_temperature=temperature if setting[0] == "beta_cal" else 1.0)
     prior = rec.prior.node_prior(options)
     ranked = scores + item_prior(prior, rec.setup.index).cpu() if prior is not None else scores.clone()
     cases = split.cases(split_name)
@@ -141,6 +148,23 @@ def evaluate(rec: Recommender, scores: torch.Tensor, split_name: str, setting: t
     print(f"  seed {cfg.run.seed} {system} {split_name} {setting[0]}={setting[1]:+g}: NDCG@10 {metrics['ndcg@10']:.4f}  "
           f"debiased {metrics['snips_ndcg@10']:.4f}  ARP@10 {metrics['arp@10']:.0f}", flush=True)
     return metrics
+
+
+def calibrate(rec: Recommender, scores: torch.Tensor) -> dict:
+    """decode.propensity_temperature for this seed: the T whose softmax(score / T) best predicts the validation
+    targets (each case's softmax over the items it may be recommended), and the NLL before and after."""
+    split = rec.setup.split
+    cases = split.cases("valid")
+    targets = [c.target for c in cases]
+    excluded = [split.case_seen(c) for c in cases] if rec.options.exclude_seen else None
+    temperature = fit_temperature(scores, targets, excluded)
+    masked = masked_scores(scores, excluded)
+    keep = torch.isfinite(masked[torch.arange(len(targets)), torch.tensor(targets)])
+    masked, kept = masked[keep], torch.tensor(targets)[keep]
+    nll = {"t=1": round(target_nll(masked, kept, 1.0), 4), "fitted": round(target_nll(masked, kept, temperature), 4)}
+    print(f"  seed {rec.setup.cfg.run.seed}: propensity_temperature {temperature:.3f} (validation NLL "
+          f"{nll['t=1']:.4f} at T = 1, {nll['fitted']:.4f} fitted)", flush=True)
+    return {"temperature": round(temperature, 4), "valid_nll": nll}
 
 
 def relative_ci(runs: list[dict], reference: list[dict], rec: Recommender, seed: int) -> dict:
@@ -167,7 +191,7 @@ def plot(curve: dict, chosen: dict, path: Path, title: str) -> None:
                     alpha=0.08, label=f"target: debiased >= +{100 * TARGET['debiased_gain']:.0f}%, "
                                       f"standard >= -{100 * TARGET['standard_loss']:.0f}%")
     for (family, points), colour in zip(curve.items(), ("tab:red", "tab:blue", "tab:purple", "tab:orange",
-                                                          "tab:brown", "tab:cyan")):
+                                                          "tab:brown", "tab:cyan", "tab:olive")):
         xs = [100 * p["relative"]["ndcg@10"] for p in points]
         ys = [100 * p["relative"]["debiased_ndcg@10"] for p in points]
         xerr = [[x - 100 * p["ci95"]["ndcg@10"][0] for x, p in zip(xs, points)],
@@ -206,6 +230,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--penalties", type=float, nargs="*", default=[-0.025, -0.05, -0.1, -0.2, -0.3])
     parser.add_argument("--gammas", type=float, nargs="*", default=[0.1, 0.25])
     parser.add_argument("--mixes", type=float, nargs="*", default=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5])
+    parser.add_argument("--calibrated-mixes", type=float, nargs="*", default=[0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0],
+                        help="beta values of the calibrated mix (T fitted on validation per seed); none: off")
     parser.add_argument("--trained", nargs="*", default=[], choices=sorted(TRAINED),
                         help="training-time recipes to train (one budget per seed each) and decode")
     parser.add_argument("--trained-gammas", type=float, nargs="*", default=[0.0, 0.25, 0.5, 1.0],
@@ -218,11 +244,12 @@ def main(argv: list[str] | None = None) -> dict:
     root = Path(args.root or REPO / "runs" / "public" / args.dataset)
     config = config_path(args.dataset, "genrec")
     grid = [("gamma", 0.0)] + [("gamma", g) for g in args.penalties + args.gammas] + [("beta", b) for b in args.mixes]
+    grid += [("beta_cal", b) for b in args.calibrated_mixes]
     grids = {"sft": grid, **{name: [("gamma", g) for g in args.trained_gammas] for name in args.trained}}
     families = {**FAMILIES, **{name: (name, "gamma", lambda v: v >= 0) for name in args.trained}}
 
     # valid / test: (system, knob, value) -> one metrics dict per seed
-    valid, test, minutes, first = {}, {}, {}, None
+    valid, test, minutes, first, calibration = {}, {}, {}, None, []
     for seed in args.seeds:
         folder = root / f"seed-{seed}"
         overrides = [f"run.seed={seed}", *args.set]
@@ -239,8 +266,11 @@ def main(argv: list[str] | None = None) -> dict:
             first = rec if first is None else first  # the split and config every interval is drawn on (the same for every system)
             for split_name, out in (("valid", valid), ("test", test)):
                 scores = base_scores(rec, split_name, cache / f"llm_log_probs_{split_name}.pt")
+                if system == "sft" and split_name == "valid" and args.calibrated_mixes:
+                    calibration.append(calibrate(rec, scores))  # fitted on validation, used on both splits
+                temperature = calibration[-1]["temperature"] if system == "sft" and calibration else 1.0
                 for setting in settings:
-                    metrics = evaluate(rec, scores, split_name, setting, system)
+                    metrics = evaluate(rec, scores, split_name, setting, system, temperature)
                     if split_name == "valid":
                         del metrics["rankings"]  # only test rankings are bootstrapped
                     out.setdefault((system, *setting), []).append(metrics)
@@ -248,6 +278,9 @@ def main(argv: list[str] | None = None) -> dict:
             if rec is not first:
                 del rec
     sft = ("sft", "gamma", 0.0)
+    # the calibrated mix's decode.propensity_temperature per seed (fitted on validation), and its NLL gain
+    result_calibration = {"temperature": [c["temperature"] for c in calibration],
+                          "valid_nll": {k: [c["valid_nll"][k] for c in calibration] for k in ("t=1", "fitted")}}
 
     mean_valid = {s: averaged(runs) for s, runs in valid.items()}
     reference = mean_valid[sft]["ndcg@10"]
@@ -261,6 +294,8 @@ def main(argv: list[str] | None = None) -> dict:
         runs = test[setting]
         extra = {"per_seed": {"ndcg@10": [round(m["ndcg@10"], 4) for m in runs],
                               "debiased_ndcg@10": [round(m["snips_ndcg@10"], 4) for m in runs]}}
+        if setting[1] == "beta_cal":
+            extra["propensity_temperature"] = result_calibration["temperature"]
         if label != "sft":
             extra["relative_ci95"] = relative_ci(runs, test[sft], first, args.seeds[0])
         return row(averaged(runs), **{setting[1]: setting[2]}, **extra, snips_ess=round(runs[0]["snips_ess"], 1),
@@ -284,6 +319,8 @@ def main(argv: list[str] | None = None) -> dict:
                              "debiased_ndcg@10": round(mean["snips_ndcg@10"] / base["debiased_ndcg@10"] - 1, 4)},
                 "arp@10": round(mean["arp@10"], 1),
                 "ci95": relative_ci(test[setting], test[sft], first, args.seeds[0])})
+    if calibration:
+        result["calibration"] = result_calibration
     result["chosen"] = {"rule": f"best valid debiased NDCG@10 with valid NDCG@10 >= {1 - STANDARD_LOSS:.2f} x SFT's",
                         **{label: {s[1]: s[2]} for label, s in plan.items()}}
     # SFT's settings keyed "knob=value" as before; a training-time recipe's "name:knob=value"

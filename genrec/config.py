@@ -182,6 +182,7 @@ class DecodeConfig:
     popularity_gamma: float = 0.0  # add gamma * log(training count + 1) of each item to its score, inside the trie (0 = off)
     contrastive_lambda: float = 0.0  # subtract lambda * log p(item | null history) from each item's score, inside the trie (0 = off)
     propensity_mix: float = 0.0  # rank by p(item | h) * (1 + beta * w(item)), w = 1 / training propensity capped at eval.ips_clip: the best ranking for NDCG + beta * E[w] * IPS NDCG (0 = off)
+    propensity_temperature: float = 1.0  # propensity_mix's calibration: p(item | h) = softmax(score / T), so the bonus becomes T * log(1 + beta * w); T > 1 when the scores are over-confident (an LLM x SASRec product); fit T on validation (benchmarks/causal_public.py)
     members: int | None = None  # an ensemble checkpoint (train.ensemble): rank with its first N members only (null = all; 1 = member 0 alone)
     trie_normalize: bool = False  # renormalise each step over the trie node's children: score = log p(item | output is a catalog item)
     sasrec_weight: float = 0.0  # atomic ids: add w * log p(item | history) of the SASRec in items.sasrec_checkpoint to each item's score, a product of experts (0 = the LLM alone)
@@ -562,6 +563,7 @@ BOUNDS: dict[str, tuple] = {
     "decode.popularity_gamma": ("finite",),  # negative = a popularity penalty
     "decode.contrastive_lambda": (">=", 0),
     "decode.propensity_mix": (">=", 0),
+    "decode.propensity_temperature": (">", 0),
     "decode.members": (">=", 1),
     "decode.sasrec_weight": (">=", 0),
     "eval.users": (">=", 1),

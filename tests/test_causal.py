@@ -15,6 +15,7 @@ import torch.nn.functional as F
 import yaml
 from helpers_recipes import load_recipe
 
+from genrec.causal.calibration import fit_temperature, masked_scores, target_nll
 from genrec.causal.popularity import (
     PopularityPriorLoss,
     TargetWeights,
@@ -225,6 +226,38 @@ def test_propensity_mix_inside_beam_search_ranks_by_p_times_one_plus_beta_w(tiny
     assert changed  # the bonus reorders at least one user's top 10
 
 
+def test_fit_temperature_recovers_the_temperature_the_targets_were_drawn_at():
+    """Targets drawn from softmax(z); the scorer reports 2.5 z (over-confident): the fitted T is ~2.5, and it
+    beats the NLL of its neighbours."""
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(6000, 40, generator=gen) * 1.5
+    targets = torch.multinomial(z.softmax(1), 1, generator=gen).squeeze(1)
+    scores = 2.5 * z
+    t = fit_temperature(scores, targets.tolist())
+    assert t == pytest.approx(2.5, rel=0.06)
+    masked = masked_scores(scores, None)
+    at = target_nll(masked, targets, t)
+    assert at < target_nll(masked, targets, 1.0) and at < target_nll(masked, targets, t * 1.3)
+    assert at < target_nll(masked, targets, t / 1.3)
+
+
+def test_fit_temperature_fits_over_the_items_a_case_may_be_recommended():
+    """An excluded item (a seen one) with a huge score is left out of every softmax, so the fit equals the fit
+    without its column; a case whose target is excluded is skipped."""
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(3000, 20, generator=gen)
+    targets = torch.multinomial(z.softmax(1), 1, generator=gen).squeeze(1).tolist()
+    without = fit_temperature(0.5 * z, targets)
+    scores = torch.cat([0.5 * z, torch.full((3000, 1), 30.0)], dim=1)  # item 20: seen by everyone
+    excluded = [{20}] * 3000
+    assert fit_temperature(scores, targets, excluded) == pytest.approx(without, rel=2e-3)
+    assert fit_temperature(scores, targets) > 5 * without  # counted, it drags T up to flatten it away
+    lost = torch.cat([scores, torch.randn(1, 21, generator=gen)])
+    assert fit_temperature(lost, targets + [3], excluded + [{3, 20}]) == pytest.approx(without, rel=2e-3)
+    with pytest.raises(ValueError, match="every case's target is excluded"):
+        fit_temperature(scores[:1], [2], [{2}])
+
+
 # ---- metrics -----------------------------------------------------------------------------------------------
 
 def test_propensity_weights_are_inverse_smoothed_counts_clipped():
@@ -302,6 +335,7 @@ def test_paired_bootstrap_interval_of_relative_change():
     ("train.target_weighting=inverse", "inverse_popularity"),
     ("train.popularity_prior=-1", "train.popularity_prior"),
     ("decode.propensity_mix=-0.1", "decode.propensity_mix"),
+    ("decode.propensity_temperature=0", "decode.propensity_temperature"),
     ("train.popularity_prior=1", "items.identifier=atomic"),  # the default identifier is titles
 ])
 def test_bad_causal_settings_are_named(toy_data_dir, override, message):

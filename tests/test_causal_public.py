@@ -32,14 +32,14 @@ def test_causal_public_scores_the_recipe_as_evaluated_and_chooses_on_validation(
 
     png = tmp_path / "tradeoff.png"
     args = [str(REPO / "benchmarks" / "causal_public.py"), "--root", str(out), "--seeds", "42", "--penalties", "-0.5",
-            "-5", "--gammas", "5", "--mixes", "0.05", "5", "--plot", str(png), "--set", *common]
+            "-5", "--gammas", "5", "--mixes", "0.05", "5", "--calibrated-mixes", "0.05", "5", "--plot", str(png), "--set", *common]
     result = run(args)
     # sft is the recipe exactly as its evaluation ranked: same cases, same figures
     assert result["users"] == evaluated["protocol"]["users"]
     for m in ("ndcg@10", "hit@10"):
         assert result["sft"][m] == round(evaluated["metrics"][m], 4)
-    assert set(result) >= {"sft", "sft_penalty", "sft_pda", "sft_mix"}
-    for label in ("sft", "sft_penalty", "sft_pda", "sft_mix"):
+    assert set(result) >= {"sft", "sft_penalty", "sft_pda", "sft_mix", "sft_mix_calibrated"}
+    for label in ("sft", "sft_penalty", "sft_pda", "sft_mix", "sft_mix_calibrated"):
         r = result[label]
         assert 0 <= r["ndcg@10"] <= r["hit@10"] <= 1 and 0 <= r["debiased_ndcg@10"] <= 1
         assert 1 <= r["snips_ess"] <= result["users"]
@@ -50,12 +50,17 @@ def test_causal_public_scores_the_recipe_as_evaluated_and_chooses_on_validation(
     grid = result["valid_grid"]
     reference = grid["gamma=0"]["ndcg@10"]
     for family, knob, keep in (("sft_penalty", "gamma", lambda v: v < 0), ("sft_pda", "gamma", lambda v: v > 0),
-                               ("sft_mix", "beta", lambda v: v > 0)):
+                               ("sft_mix", "beta", lambda v: v > 0), ("sft_mix_calibrated", "beta_cal", lambda v: v > 0)):
         options = {k: v for k, v in grid.items() if k.startswith(knob + "=") and keep(float(k.split("=")[1]))}
         allowed = {k: v for k, v in options.items() if v["ndcg@10"] >= 0.95 * reference}
         best = (max(allowed, key=lambda k: allowed[k]["debiased_ndcg@10"]) if allowed
                 else max(options, key=lambda k: options[k]["ndcg@10"]))
         assert result["chosen"][family] == {knob: float(best.split("=")[1])}
+    # the calibrated mix's T is fitted on validation, within the search's bounds, and predicts the targets better
+    calibration = result["calibration"]
+    assert len(calibration["temperature"]) == 1 and 0.05 <= calibration["temperature"][0] <= 20
+    assert calibration["valid_nll"]["fitted"][0] <= calibration["valid_nll"]["t=1"][0]
+    assert {p["value"] for p in result["curve"]["sft_mix_calibrated"]} == {0.05, 5.0}
     # the curve holds every test point of each knob; a strong penalty recommends less popular items than the
     # recipe, a strong popularity prior more popular ones
     points = {p["value"]: p for p in result["curve"]["sft_penalty"]}
@@ -78,7 +83,7 @@ def test_causal_public_trains_a_training_time_recipe_like_sft_and_compares_it_us
     run([str(REPO / "benchmarks" / "public.py"), "--dataset", "beauty", "--smoke", "--out", str(out), "--systems",
          "genrec", "--set", *common, "eval.users=null"])
     result = run([str(REPO / "benchmarks" / "causal_public.py"), "--root", str(out), "--seeds", "42", "--penalties",
-                  "-0.5", "--gammas", "--mixes", "0.05", "--trained", "deconfounded", "--trained-gammas", "0", "5",
+                  "-0.5", "--gammas", "--mixes", "0.05", "--calibrated-mixes", "--trained", "deconfounded", "--trained-gammas", "0", "5",
                   "--smoke", "--plot", str(tmp_path / "tradeoff.png"), "--set", *common])
     trained = out / "seed-42" / "causal" / "deconfounded"
     assert (trained / "adapter" / "adapter_config.json").is_file()
@@ -100,5 +105,6 @@ def test_causal_public_trains_a_training_time_recipe_like_sft_and_compares_it_us
         row["relative_ci95"]["debiased_ndcg@10"][1]
     points = {p["value"]: p for p in result["curve"]["deconfounded"]}
     assert set(points) == {0.0, 5.0} and points[5.0]["arp@10"] > points[0.0]["arp@10"]  # popularity added back
+    assert "calibration" not in result and "sft_mix_calibrated" not in result  # --calibrated-mixes with none: off
     # its own scores, not SFT's: the cache sits in its folder
     assert (trained / "llm_log_probs_test.pt").is_file()

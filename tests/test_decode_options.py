@@ -39,11 +39,13 @@ def test_options_are_read_once_from_the_config_and_frozen(toy_data_dir):
     cfg = load_config(None, [f"data.path={toy_data_dir}", "decode.num_beams=30", "decode.length_penalty=0.5",
                              "decode.batch_users=3", "decode.exclude_seen=false", "decode.trie_normalize=true",
                              "decode.popularity_gamma=-0.2", "decode.contrastive_lambda=0.1",
-                             "decode.propensity_mix=0.05", "eval.ips_clip=20", "reason.max_new_tokens=9"])
+                             "decode.propensity_mix=0.05", "decode.propensity_temperature=1.5", "eval.ips_clip=20",
+                             "reason.max_new_tokens=9"])
     options = DecodeOptions.from_config(cfg)
     assert options == DecodeOptions(num_beams=30, length_penalty=0.5, batch_users=3, exclude_seen=False,
                                     trie_normalize=True, popularity_gamma=-0.2, contrastive_lambda=0.1,
-                                    propensity_mix=0.05, ips_clip=20.0, rationale_max_new_tokens=9)
+                                    propensity_mix=0.05, ips_clip=20.0, rationale_max_new_tokens=9,
+                                    propensity_temperature=1.5)
     with pytest.raises(FrozenInstanceError):
         options.num_beams = 5
     cfg.decode.num_beams = 40  # a later change to the config is not seen by the value built from it
@@ -135,6 +137,9 @@ def test_causal_prior_is_built_from_the_options_values_and_kept_for_the_same_val
     assert priors.node_prior(replace(options, propensity_mix=0.5)) is first  # equal values: no rebuild
     clipped = priors.node_prior(replace(mixed, ips_clip=2.0))
     assert not torch.equal(clipped, first)  # eval.ips_clip caps w(item) inside the bonus
+    tempered = priors.node_prior(replace(mixed, propensity_temperature=2.0))
+    assert torch.allclose(tempered, 2 * first)  # the mix's p = softmax(score / T): the bonus is T * log(1 + beta w)
+    assert priors.node_prior(replace(options, propensity_temperature=2.0)) is None  # T alone changes nothing
     both = priors.node_prior(replace(mixed, popularity_gamma=-0.3))
     assert torch.allclose(both, first - 0.3 * priors.popularity_log_mass)
     assert torch.equal(priors.node_prior(mixed), first)  # rebuilt after other values: the same tensor again

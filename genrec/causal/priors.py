@@ -50,27 +50,33 @@ class CausalPriors:
             self._inverse_propensity[clip] = propensity_weights(self.setup.split.train_popularity(), clip)
         return self._inverse_propensity[clip]
 
-    def propensity_bonus(self, beta: float, clip: float) -> torch.Tensor:
-        """Node prior whose leaf-minus-root is log(1 + beta * w(item)) - const, w the inverse training propensity
-        clipped at ``clip``, as the debiased metrics weigh items (genrec.evaluation.bias).
+    def propensity_bonus(self, beta: float, clip: float, temperature: float = 1.0) -> torch.Tensor:
+        """Node prior whose leaf-minus-root is T * log(1 + beta * w(item)) - const, w the inverse training
+        propensity clipped at ``clip``, as the debiased metrics weigh items (genrec.evaluation.bias), T the
+        ``temperature``.
 
         Why this form: expected NDCG + c * IPS-weighted NDCG of a ranking sums p(i | h) * (1 + c' * w(i)) *
         gain(rank of i) over items, so sorting by that product is the best ranking for the mixed objective
         when the model's p is right (beta = 0: plain NDCG; beta large: p(i | h) * w(i), the debiased one).
         A popularity penalty (popularity_gamma < 0) is not of this form: it also reorders the head, where
-        1 + beta * w barely differs between items."""
-        return self.setup.index.max_below(np.log1p(beta * self.inverse_propensity(clip)))
+        1 + beta * w barely differs between items.
+
+        Why T: the argument needs p calibrated, and a product of experts (the LLM's log p plus SASRec's) is
+        over-confident. With p = softmax(score / T), sorting by p * (1 + beta * w) is sorting by
+        score + T * log(1 + beta * w); T is fitted on validation (``genrec.causal.calibration``)."""
+        return temperature * self.setup.index.max_below(np.log1p(beta * self.inverse_propensity(clip)))
 
     def node_prior(self, options: DecodeOptions) -> torch.Tensor | None:
         """popularity_gamma * popularity_log_mass - contrastive_lambda * null_log_prob
-        + propensity_bonus(propensity_mix), on the model's device; None when every term is off.
+        + propensity_bonus(propensity_mix, ips_clip, propensity_temperature), on the model's device; None when every term is off.
         The last one is kept: a ranking asks once per call, and the same setting again costs no copy."""
         gamma, lam, beta = options.popularity_gamma, options.contrastive_lambda, options.propensity_mix
-        key = (gamma, lam, beta, options.ips_clip if beta else None)
+        temperature = options.propensity_temperature
+        key = (gamma, lam, beta, (options.ips_clip, temperature) if beta else None)
         if self._last is not None and self._last[0] == key:
             return self._last[1]
         parts = (([gamma * self.popularity_log_mass] if gamma else []) + ([-lam * self.null_log_prob] if lam else [])
-                 + ([self.propensity_bonus(beta, options.ips_clip)] if beta else []))
+                 + ([self.propensity_bonus(beta, options.ips_clip, temperature)] if beta else []))
         prior = sum(parts).to(next(self.model.parameters()).device) if parts else None
         self._last = (key, prior)
         return prior

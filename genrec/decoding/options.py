@@ -34,6 +34,7 @@ class DecodeOptions:
     ips_clip: float  # eval.ips_clip: the cap on w(item), the inverse propensity propensity_mix weighs by
     rationale_max_new_tokens: int  # reason.max_new_tokens: most tokens of a rationale written before the item
     sasrec_weight: float = 0.0  # decode.sasrec_weight: add w * log p_SASRec(item | history) to each item's score
+    propensity_temperature: float = 1.0  # decode.propensity_temperature: the mix's p is softmax(score / T)
 
     @classmethod
     def from_config(cls, cfg: Config) -> DecodeOptions:
@@ -42,7 +43,7 @@ class DecodeOptions:
                    exclude_seen=d.exclude_seen, trie_normalize=d.trie_normalize, popularity_gamma=d.popularity_gamma,
                    contrastive_lambda=d.contrastive_lambda, propensity_mix=d.propensity_mix,
                    ips_clip=cfg.eval.ips_clip, rationale_max_new_tokens=cfg.reason.max_new_tokens,
-                   sasrec_weight=d.sasrec_weight)
+                   sasrec_weight=d.sasrec_weight, propensity_temperature=d.propensity_temperature)
 
 
 class DecodingPrior(Protocol):
