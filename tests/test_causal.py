@@ -359,6 +359,13 @@ def test_deconfounded_run_and_adjusted_evaluation(tiny_overrides):
     assert adjusted["metrics"]["arp@10"] > plain["metrics"]["arp@10"]
     run = Path(next(o.split("=", 1)[1] for o in overrides if o.startswith("run.output_dir=")))
     assert json.loads((run / "eval_results.json").read_text())["protocol"]["decoding"]["popularity_gamma"] == 2.0
+    # the calibrated mix: its temperature is recorded, and a hotter T weighs the long tail in harder
+    mixed = load_recipe("evaluate").main(overrides + ["decode.propensity_mix=0.5"])
+    tempered = load_recipe("evaluate").main(overrides + ["decode.propensity_mix=0.5", "decode.propensity_temperature=4"])
+    assert "propensity_temperature" not in plain["protocol"]["decoding"]
+    assert mixed["protocol"]["decoding"]["propensity_temperature"] == 1.0
+    assert tempered["protocol"]["decoding"]["propensity_temperature"] == 4.0
+    assert tempered["metrics"]["arp@10"] < mixed["metrics"]["arp@10"] < plain["metrics"]["arp@10"]
 
 
 def test_causal_benchmark_trains_both_recipes_and_picks_gamma_on_validation(tiny_overrides, tmp_path):

@@ -163,6 +163,8 @@ def protocol(cfg: Config, split: Split, users: list, split_name: str, **extra) -
                      "popularity_gamma": cfg.decode.popularity_gamma,
                      "contrastive_lambda": cfg.decode.contrastive_lambda,
                      "propensity_mix": cfg.decode.propensity_mix,
+                     **({"propensity_temperature": cfg.decode.propensity_temperature}
+                        if cfg.decode.propensity_mix else {}),
                      "trie_normalize": cfg.decode.trie_normalize, "members": cfg.decode.members,
                      **({"sasrec_weight": cfg.decode.sasrec_weight, "sasrec_checkpoint": cfg.items.sasrec_checkpoint}
                         if cfg.decode.sasrec_weight else {})},
