@@ -66,7 +66,7 @@ from public import SMOKE, config_path  # noqa: E402
 from quality import recipe, trained  # noqa: E402
 
 from genrec.baselines import sasrec  # noqa: E402
-from genrec.causal.calibration import fit_temperature, masked_scores, target_nll  # noqa: E402
+from genrec.causal.calibration import fit_temperature  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.decoding.ensemble import item_prior  # noqa: E402
 from genrec.decoding.search import top_k_unseen  # noqa: E402
@@ -157,14 +157,11 @@ def calibrate(rec: Recommender, scores: torch.Tensor) -> dict:
     cases = split.cases("valid")
     targets = [c.target for c in cases]
     excluded = [split.case_seen(c) for c in cases] if rec.options.exclude_seen else None
-    temperature = fit_temperature(scores, targets, excluded)
-    masked = masked_scores(scores, excluded)
-    keep = torch.isfinite(masked[torch.arange(len(targets)), torch.tensor(targets)])
-    masked, kept = masked[keep], torch.tensor(targets)[keep]
-    nll = {"t=1": round(target_nll(masked, kept, 1.0), 4), "fitted": round(target_nll(masked, kept, temperature), 4)}
-    print(f"  seed {rec.setup.cfg.run.seed}: propensity_temperature {temperature:.3f} (validation NLL "
-          f"{nll['t=1']:.4f} at T = 1, {nll['fitted']:.4f} fitted)", flush=True)
-    return {"temperature": round(temperature, 4), "valid_nll": nll}
+    fit = fit_temperature(scores, targets, excluded)
+    print(f"  seed {rec.setup.cfg.run.seed}: propensity_temperature {fit.temperature:.3f} (validation NLL "
+          f"{fit.nll_at_one:.4f} at T = 1, {fit.nll:.4f} fitted, {fit.cases} cases)", flush=True)
+    return {"temperature": round(fit.temperature, 4),
+            "valid_nll": {"t=1": round(fit.nll_at_one, 4), "fitted": round(fit.nll, 4)}}
 
 
 def relative_ci(runs: list[dict], reference: list[dict], rec: Recommender, seed: int) -> dict:

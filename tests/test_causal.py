@@ -233,12 +233,14 @@ def test_fit_temperature_recovers_the_temperature_the_targets_were_drawn_at():
     z = torch.randn(6000, 40, generator=gen) * 1.5
     targets = torch.multinomial(z.softmax(1), 1, generator=gen).squeeze(1)
     scores = 2.5 * z
-    t = fit_temperature(scores, targets.tolist())
+    fit = fit_temperature(scores, targets.tolist())
+    t = fit.temperature
     assert t == pytest.approx(2.5, rel=0.06)
     masked = masked_scores(scores, None)
     at = target_nll(masked, targets, t)
-    assert at < target_nll(masked, targets, 1.0) and at < target_nll(masked, targets, t * 1.3)
-    assert at < target_nll(masked, targets, t / 1.3)
+    assert fit.nll == pytest.approx(at) and fit.nll_at_one == pytest.approx(target_nll(masked, targets, 1.0))
+    assert fit.cases == 6000
+    assert at < fit.nll_at_one and at < target_nll(masked, targets, t * 1.3) and at < target_nll(masked, targets, t / 1.3)
 
 
 def test_fit_temperature_fits_over_the_items_a_case_may_be_recommended():
@@ -247,13 +249,14 @@ def test_fit_temperature_fits_over_the_items_a_case_may_be_recommended():
     gen = torch.Generator().manual_seed(1)
     z = torch.randn(3000, 20, generator=gen)
     targets = torch.multinomial(z.softmax(1), 1, generator=gen).squeeze(1).tolist()
-    without = fit_temperature(0.5 * z, targets)
+    without = fit_temperature(0.5 * z, targets).temperature
     scores = torch.cat([0.5 * z, torch.full((3000, 1), 30.0)], dim=1)  # item 20: seen by everyone
     excluded = [{20}] * 3000
-    assert fit_temperature(scores, targets, excluded) == pytest.approx(without, rel=2e-3)
-    assert fit_temperature(scores, targets) > 5 * without  # counted, it drags T up to flatten it away
+    assert fit_temperature(scores, targets, excluded).temperature == pytest.approx(without, rel=2e-3)
+    assert fit_temperature(scores, targets).temperature > 5 * without  # counted, it drags T up to flatten it away
     lost = torch.cat([scores, torch.randn(1, 21, generator=gen)])
-    assert fit_temperature(lost, targets + [3], excluded + [{3, 20}]) == pytest.approx(without, rel=2e-3)
+    skipped = fit_temperature(lost, targets + [3], excluded + [{3, 20}])
+    assert skipped.temperature == pytest.approx(without, rel=2e-3) and skipped.cases == 3000
     with pytest.raises(ValueError, match="every case's target is excluded"):
         fit_temperature(scores[:1], [2], [{2}])
 

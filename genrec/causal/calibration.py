@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
 GOLDEN = (math.sqrt(5) - 1) / 2
+
+
+class TemperatureFit(NamedTuple):
+    temperature: float  # T minimising the held-out NLL
+    nll_at_one: float  # mean NLL of the targets at T = 1 (the scores as they are)
+    nll: float  # mean NLL at the fitted T
+    cases: int  # cases fitted on (those whose target could be recommended)
 
 
 def masked_scores(scores: torch.Tensor, excluded: Sequence[set[int]] | None) -> torch.Tensor:
@@ -38,13 +46,13 @@ def target_nll(scores: torch.Tensor, targets: torch.Tensor, temperature: float, 
 
 
 def fit_temperature(scores: torch.Tensor, targets: Sequence[int], excluded: Sequence[set[int]] | None = None,
-                    bounds: tuple[float, float] = (0.05, 20.0), tolerance: float = 1e-3) -> float:
+                    bounds: tuple[float, float] = (0.05, 20.0), tolerance: float = 1e-3) -> TemperatureFit:
     """The T in ``bounds`` minimising the mean NLL of ``targets`` under softmax(``scores`` / T), each case's
     softmax over the items it may be recommended (``excluded`` left out; a case whose target is excluded can
     never be right and is skipped).
 
     The NLL is convex in 1 / T (a log-partition minus a linear term), so it is unimodal in log T and a golden-
-    section search on log T finds its minimum to ``tolerance`` (relative) in ~30 evaluations."""
+    section search on log T finds its minimum to ``tolerance`` (relative) in ~20 evaluations."""
     if not len(targets):
         raise ValueError("fit_temperature: no cases to fit on")
     if not 0 < bounds[0] < bounds[1]:
@@ -71,4 +79,6 @@ def fit_temperature(scores: torch.Tensor, targets: Sequence[int], excluded: Sequ
             low, a, fa = a, b, fb
             b = low + GOLDEN * (high - low)
             fb = nll(b)
-    return math.exp((low + high) / 2)
+    temperature = math.exp((low + high) / 2)
+    return TemperatureFit(temperature, target_nll(masked, targets, 1.0), target_nll(masked, targets, temperature),
+                          len(targets))
