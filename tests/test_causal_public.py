@@ -4,6 +4,7 @@ then its decoding-time causal rows, chosen on validation, with intervals and the
 from __future__ import annotations
 
 import json
+from collections import Counter
 import os
 import subprocess
 import sys
@@ -61,6 +62,12 @@ def test_causal_public_scores_the_recipe_as_evaluated_and_chooses_on_validation(
     assert len(calibration["temperature"]) == 1 and 0.05 <= calibration["temperature"][0] <= 20
     assert calibration["valid_nll"]["fitted"][0] <= calibration["valid_nll"]["t=1"][0]
     assert {p["value"] for p in result["curve"]["sft_mix_calibrated"]} == {0.05, 5.0}
+    # each split's targets' training popularity, counted from the file: leave-one-out trains on all but the last two
+    lines = [line.split()[1:] for line in (data / "Beauty.txt").read_text().splitlines()]
+    counts = Counter(item for seq in lines for item in seq[:-2])
+    for split_name, position in (("valid", -2), ("test", -1)):
+        expected = [counts[seq[position]] for seq in lines]
+        assert result["target_train_count"][split_name]["mean"] == round(sum(expected) / len(expected), 2)
     # the curve holds every test point of each knob; a strong penalty recommends less popular items than the
     # recipe, a strong popularity prior more popular ones
     points = {p["value"]: p for p in result["curve"]["sft_penalty"]}
