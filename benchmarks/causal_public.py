@@ -41,7 +41,8 @@ bootstrap over test users (each user's NDCG averaged over the seeds first).
 The plot: per recipe, test NDCG@10 and debiased NDCG@10 relative to SFT at every value of its knob, with the
 bootstrap intervals as bars, SFT at the origin, the chosen settings ringed and the target region shaded.
 Last line: JSON {"dataset", "users", "seeds", "sft": {...}, "sft_penalty": {..., "relative_ci95": {...}}, ...,
-"chosen": {...}, "calibration": {"temperature": [per seed], "valid_nll": {...}}, "valid_grid": {...},
+"chosen": {...}, "calibration": {"temperature": [per seed], "valid_nll": {...}},
+"target_train_count": {"valid"|"test": {"mean", "median"}}, "valid_grid": {...},
 "curve": {...}, "plot": path}.
 """
 

@@ -4,10 +4,10 @@ then its decoding-time causal rows, chosen on validation, with intervals and the
 from __future__ import annotations
 
 import json
-from collections import Counter
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 from public_fixtures import write_sequences
