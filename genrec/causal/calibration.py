@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 import torch
 
+from genrec.decoding.search import exclude_items_
+
 GOLDEN = (math.sqrt(5) - 1) / 2
 
 
@@ -28,11 +30,7 @@ class TemperatureFit(NamedTuple):
 def masked_scores(scores: torch.Tensor, excluded: Sequence[set[int]] | None) -> torch.Tensor:
     """A float copy of [cases, items] ``scores`` with each case's excluded items (those it can never be
     recommended: its seen items under decode.exclude_seen) at -inf."""
-    out = scores.float().clone()
-    for row, items in enumerate(excluded or ()):
-        if items:
-            out[row, list(items)] = float("-inf")
-    return out
+    return exclude_items_(scores.float().clone(), excluded or ())
 
 
 def target_nll(scores: torch.Tensor, targets: torch.Tensor, temperature: float, chunk: int = 4096) -> float:

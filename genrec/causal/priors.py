@@ -68,7 +68,8 @@ class CausalPriors:
 
     def node_prior(self, options: DecodeOptions) -> torch.Tensor | None:
         """popularity_gamma * popularity_log_mass - contrastive_lambda * null_log_prob
-        + propensity_bonus(propensity_mix, ips_clip, propensity_temperature), on the model's device; None when every term is off.
+        + propensity_bonus(propensity_mix, ips_clip, propensity_temperature), on the model's device; None when
+        every term is off.
         The last one is kept: a ranking asks once per call, and the same setting again costs no copy."""
         gamma, lam, beta = options.popularity_gamma, options.contrastive_lambda, options.propensity_mix
         temperature = options.propensity_temperature

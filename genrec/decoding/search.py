@@ -366,12 +366,20 @@ def score_items(model, prompt: list[int], index: ItemIndex, items: list[int] | N
         scores[row] = total / len(logp) ** length_penalty if length_penalty else total
     return scores
 
+
+def exclude_items_(scores: torch.Tensor, excluded) -> torch.Tensor:
+    """Set each row's ``excluded`` items (one set of columns per row) to -inf in the dense [rows, items]
+    ``scores``, in place, and return it."""
+    for row, items in enumerate(excluded):
+        if items:
+            scores[row, sorted(items)] = NEG_INF
+    return scores
+
+
 def top_k_unseen(scores, excluded, k: int) -> list[list[tuple[int, float]]]:
     """Top-``k`` (column, score) per row of a dense [rows, items] score tensor, best first, leaving out each
     row's ``excluded`` items (they are set to -inf in ``scores``); a row keeps fewer when fewer remain."""
-    for row, items in enumerate(excluded):
-        if items:
-            scores[row, sorted(items)] = float("-inf")
+    exclude_items_(scores, excluded)
     values, indices = scores.topk(min(k, scores.shape[1]), dim=1)
     return [[(i, v) for i, v in zip(idxs, vals) if v != float("-inf")]
             for vals, idxs in zip(values.tolist(), indices.tolist())]
