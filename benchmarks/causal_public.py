@@ -7,6 +7,7 @@ trade-off drawn.
         [--seeds 42 43 44] [--penalties -0.05 -0.1 ...] [--gammas 0.1 0.25] [--mixes 0.01 0.05 ...]
         [--trained deconfounded pd_term] [--trained-gammas 0 0.25 0.5 1]
         [--calibrated-mixes 0.01 0.05 ...] [--plot docs/img/causal_beauty.png] [--set KEY=VALUE ...]
+        [--records benchmarks/results/causal_beauty/seed-43.json.gz ...]
 
 Systems, all from the same adapter and SASRec per seed (``<root>/seed-<s>/genrec/adapter``,
 ``<root>/seed-<s>/sasrec/sasrec.pt``), so each comparison with SFT is paired and no system trains longer:
@@ -38,9 +39,16 @@ popularity, weights capped at eval.ips_clip), ``snips_ess`` its effective sample
 (users resampled proportionally to 1 / propensity) is the second estimate. ``relative_ci95``: paired percentile
 bootstrap over test users (each user's NDCG averaged over the seeds first).
 
+Records: each seed scored here is also written as a small record, ``<root>/seed-<s>/causal/record.json.gz``
+(``causal_records``: every setting's metrics, each test user's rank of their target, T, the training minutes,
+the split's targets and popularity). ``--records`` pools records of seeds scored before, on this machine or
+another, with the ``--seeds`` scored now (or alone): the seeds must be distinct and share the split and the grid.
+A seed takes ~95 minutes to retrain and a run folder does not outlive its machine; the records let three seeds
+be pooled anyway. The records of the seeds in BENCHMARKS.md are kept under ``benchmarks/results/causal_beauty/``.
+
 The plot: per recipe, test NDCG@10 and debiased NDCG@10 relative to SFT at every value of its knob, with the
 bootstrap intervals as bars, SFT at the origin, the chosen settings ringed and the target region shaded.
-Last line: JSON {"dataset", "users", "seeds", "sft": {...}, "sft_penalty": {..., "relative_ci95": {...}}, ...,
+Last line: JSON {"dataset", "users", "seeds", "machines", "sft": {...}, "sft_penalty": {..., "relative_ci95": {...}}, ...,
 "chosen": {...}, "calibration": {"temperature": [per seed], "valid_nll": {...}},
 "target_train_count": {"valid"|"test": {"mean", "median"}}, "valid_grid": {...},
 "curve": {...}, "plot": path}.
@@ -61,6 +69,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+import causal_records  # noqa: E402
 from causal import STANDARD_LOSS, averaged, choose, row  # noqa: E402  (the ml-100k benchmark's rule and rows)
 from ensembles import llm_log_probs  # noqa: E402
 from public import SMOKE, config_path  # noqa: E402
@@ -71,7 +80,7 @@ from genrec.causal.calibration import fit_temperature  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.decoding.ensemble import item_prior  # noqa: E402
 from genrec.decoding.search import top_k_unseen  # noqa: E402
-from genrec.evaluation.bias import paired_relative_ci  # noqa: E402
+from genrec.evaluation.bias import paired_relative_ci_per_user  # noqa: E402
 from genrec.evaluation.protocol import score_cases  # noqa: E402
 from genrec.io import atomic_path  # noqa: E402
 from genrec.model.loading import resolve_dtype  # noqa: E402
@@ -131,9 +140,10 @@ def base_scores(rec: Recommender, split_name: str, cache: Path) -> torch.Tensor:
 
 
 def evaluate(rec: Recommender, scores: torch.Tensor, split_name: str, setting: tuple[str, float],
-             system: str = "sft", temperature: float = 1.0) -> dict:
-    """Every case of ``split_name`` ranked by ``scores`` plus the prior of one decoding setting, and scored;
-    ``temperature``: the seed's fitted decode.propensity_temperature, used by the calibrated mix (``beta_cal``)."""
+             system: str = "sft", temperature: float = 1.0) -> tuple[dict, list[list[int]]]:
+    """Every case of ``split_name`` ranked by ``scores`` plus the prior of one decoding setting, and scored: the
+    metrics and each case's top-K items. ``temperature``: the seed's fitted decode.propensity_temperature, used by
+    the calibrated mix (``beta_cal``)."""
     cfg, split = rec.setup.cfg, rec.setup.split
     off = {"popularity_gamma": 0.0, "propensity_mix": 0.0, "contrastive_lambda": 0.0}  # one knob set, the rest off
     options = replace(rec.options, **{**off, KNOBS[setting[0]]: setting[1]},
@@ -145,10 +155,9 @@ def evaluate(rec: Recommender, scores: torch.Tensor, split_name: str, setting: t
     top = top_k_unseen(ranked, seen, max(cfg.eval.ks))
     metrics = score_cases({c.case_id: t for c, t in zip(cases, top)}, split, cases, cfg.eval.ks,
                           ips_clip=cfg.eval.ips_clip, seed=cfg.run.seed)
-    metrics["rankings"] = [[i for i, _ in t] for t in top]
     print(f"  seed {cfg.run.seed} {system} {split_name} {setting[0]}={setting[1]:+g}: NDCG@10 {metrics['ndcg@10']:.4f}  "
           f"debiased {metrics['snips_ndcg@10']:.4f}  ARP@10 {metrics['arp@10']:.0f}", flush=True)
-    return metrics
+    return metrics, [[i for i, _ in t] for t in top]
 
 
 def calibrate(rec: Recommender, scores: torch.Tensor) -> dict:
@@ -165,24 +174,16 @@ def calibrate(rec: Recommender, scores: torch.Tensor) -> dict:
             "valid_nll": {"t=1": round(fit.nll_at_one, 4), "fitted": round(fit.nll, 4)}}
 
 
-def target_popularity(split) -> dict:
+def target_popularity(record: dict) -> dict:
     """Mean and median training count of each split's targets. A popularity-demoting knob costs less where the
     targets are rarer, so when test's targets are rarer than validation's (leave-one-out: test is one step
     later), the validation rule's 5% floor is a conservative stand-in for test's."""
-    counts = split.train_popularity()
+    counts = np.asarray(record["train_popularity"])
     out = {}
     for split_name in SPLITS:
-        target_counts = counts[[c.target for c in split.cases(split_name)]]
+        target_counts = counts[record["targets"][split_name]]
         out[split_name] = {"mean": round(float(target_counts.mean()), 2), "median": float(np.median(target_counts))}
     return out
-
-
-def relative_ci(runs: list[dict], reference: list[dict], rec: Recommender, seed: int) -> dict:
-    split = rec.setup.split
-    targets = [c.target for c in split.cases("test")]
-    ci = paired_relative_ci([m["rankings"] for m in runs], [m["rankings"] for m in reference], targets,
-                            split.train_popularity(), 10, rec.setup.cfg.eval.ips_clip, seed=seed)
-    return {"ndcg@10": ci["ndcg@10"], "debiased_ndcg@10": ci["snips_ndcg@10"]}
 
 
 def plot(curve: dict, chosen: dict, path: Path, title: str) -> None:
@@ -231,12 +232,149 @@ def plot(curve: dict, chosen: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def score_seed(seed: int, args: argparse.Namespace, root: Path, config: str, grids: dict) -> dict:
+    """One seed: every system decoded at every setting of its grid on both splits, kept as a record
+    (``causal_records``) written to ``<root>/seed-<s>/causal/record.json.gz``."""
+    folder = root / f"seed-{seed}"
+    overrides = [f"run.seed={seed}", *args.set]
+    minutes, calibration, split, settings = {}, None, None, []
+    sft_seconds = folder / "genrec" / "train_seconds.json"
+    if sft_seconds.is_file():
+        minutes["sft"] = json.loads(sft_seconds.read_text())["seconds"] / 60
+    for system, grid in grids.items():
+        adapter, cache = folder / "genrec" / "adapter", folder / "causal"
+        if system != "sft":
+            minutes[system] = train_recipe(system, config, folder, overrides, args.smoke) / 60
+            adapter, cache = folder / "causal" / system / "adapter", folder / "causal" / system
+        rec = load_seed(config, folder, overrides, adapter)
+        split = split or rec.setup.split  # the same for every system of the seed
+        test_targets = [c.target for c in split.cases("test")]
+        entries = {setting: {"system": system, "knob": setting[0], "value": setting[1]} for setting in grid}
+        for split_name in SPLITS:
+            scores = base_scores(rec, split_name, cache / f"llm_log_probs_{split_name}.pt")
+            if system == "sft" and split_name == "valid" and args.calibrated_mixes:
+                calibration = calibrate(rec, scores)  # fitted on validation, used on both splits
+            temperature = calibration["temperature"] if system == "sft" and calibration else 1.0
+            for setting in grid:
+                metrics, rankings = evaluate(rec, scores, split_name, setting, system, temperature)
+                entries[setting][split_name] = metrics
+                if split_name == "test":  # what the paired bootstrap reads, user by user
+                    entries[setting]["test_hits"] = causal_records.target_ranks(rankings, test_targets)
+            del scores
+        settings += entries.values()
+        del rec
+    cfg = load_config(config, overrides, check=False)
+    record = {"dataset": args.dataset, "seed": seed, "machine": causal_records.machine(),
+              "config": str(Path(config).relative_to(REPO)) if Path(config).is_relative_to(REPO) else config,
+              "overrides": overrides, "ips_clip": cfg.eval.ips_clip,
+              "targets": {name: [c.target for c in split.cases(name)] for name in SPLITS},
+              "train_popularity": [int(v) for v in split.train_popularity()],
+              "calibration": calibration, "train_minutes": {k: round(v, 2) for k, v in minutes.items()},
+              "settings": settings}
+    path = causal_records.write(folder / "causal" / "record.json.gz", record)
+    print(f"  seed {seed}: record {path}", flush=True)
+    return json.loads(json.dumps(record))  # as a reader of the file will see it (tuples as lists, floats as text)
+
+
+def pool(records: list[dict], plot_path: Path) -> dict:
+    """The benchmark's result from one record per seed: settings chosen on the seeds' mean validation figures,
+    test rows as seed means, intervals from each user's NDCG averaged over the seeds, and the plot."""
+    first = records[0]
+    dataset, seeds, n_users = first["dataset"], [r["seed"] for r in records], len(first["targets"]["test"])
+    valid, test, ndcg = {}, {}, {}  # (system, knob, value) -> one per seed
+    for record in records:
+        for s in record["settings"]:
+            key = causal_records.setting_key(s)
+            valid.setdefault(key, []).append(s["valid"])
+            test.setdefault(key, []).append(s["test"])
+            ndcg.setdefault(key, []).append(causal_records.per_user_ndcg(s["test_hits"], n_users))
+    systems = list(dict.fromkeys(key[0] for key in valid))
+    families = {**FAMILIES, **{name: (name, "gamma", lambda v: v >= 0) for name in systems if name != "sft"}}
+    sft = ("sft", "gamma", 0.0)
+    if sft not in valid:
+        raise SystemExit("the records hold no SFT setting (gamma=0): nothing to compare with")
+    calibration = [r["calibration"] for r in records if r.get("calibration")]
+    # the calibrated mix's decode.propensity_temperature per seed (fitted on validation), and its NLL gain
+    result_calibration = {"temperature": [c["temperature"] for c in calibration],
+                          "valid_nll": {k: [c["valid_nll"][k] for c in calibration] for k in ("t=1", "fitted")}}
+
+    def relative_ci(setting: tuple) -> dict:
+        ci = paired_relative_ci_per_user(ndcg[setting], ndcg[sft], first["targets"]["test"],
+                                         np.asarray(first["train_popularity"]), 10, first["ips_clip"], seed=seeds[0])
+        return {"ndcg@10": ci["ndcg@10"], "debiased_ndcg@10": ci["snips_ndcg@10"]}
+
+    mean_valid = {s: averaged(runs) for s, runs in valid.items()}
+    reference = mean_valid[sft]["ndcg@10"]
+    plan = {"sft": sft}
+    for family, (system, knob, member) in families.items():
+        options = {s: m for s, m in mean_valid.items() if s[0] == system and s[1] == knob and member(s[2])}
+        if options:
+            plan[family] = choose(options, reference)
+
+    def test_row(setting: tuple[str, str, float], label: str) -> dict:
+        runs = test[setting]
+        extra = {"per_seed": {"ndcg@10": [round(m["ndcg@10"], 4) for m in runs],
+                              "debiased_ndcg@10": [round(m["snips_ndcg@10"], 4) for m in runs]}}
+        if setting[1] == "beta_cal":
+            extra["propensity_temperature"] = result_calibration["temperature"]
+        if label != "sft":
+            extra["relative_ci95"] = relative_ci(setting)
+        return row(averaged(runs), **{setting[1]: setting[2]}, **extra, snips_ess=round(runs[0]["snips_ess"], 1),
+                   valid_ndcg=round(mean_valid[setting]["ndcg@10"], 4),
+                   valid_debiased_ndcg=round(mean_valid[setting]["snips_ndcg@10"], 4))
+
+    result = {"dataset": dataset, "users": n_users, "seeds": seeds}
+    result.update({label: test_row(setting, label) for label, setting in plan.items()})
+    base = result["sft"]
+    for label in plan:
+        if label != "sft":
+            result[label]["relative"] = {m: round(result[label][m] / base[m] - 1, 4)
+                                         for m in ("ndcg@10", "debiased_ndcg@10", "intervened_ndcg@10")}
+    curve = {}
+    for family, (system, knob, member) in families.items():
+        for setting in [s for s in test if s[0] == system and s[1] == knob and member(s[2])]:
+            mean = averaged(test[setting])
+            curve.setdefault(family, []).append({
+                "knob": knob, "value": setting[2],
+                "relative": {"ndcg@10": round(mean["ndcg@10"] / base["ndcg@10"] - 1, 4),
+                             "debiased_ndcg@10": round(mean["snips_ndcg@10"] / base["debiased_ndcg@10"] - 1, 4)},
+                "arp@10": round(mean["arp@10"], 1), "ci95": relative_ci(setting)})
+    if calibration:
+        result["calibration"] = result_calibration
+    result["target_train_count"] = target_popularity(first)
+    result["chosen"] = {"rule": f"best valid debiased NDCG@10 with valid NDCG@10 >= {1 - STANDARD_LOSS:.2f} x SFT's",
+                        **{label: {s[1]: s[2]} for label, s in plan.items()}}
+    # SFT's settings keyed "knob=value" as before; a training-time recipe's "name:knob=value"
+    result["valid_grid"] = {f"{'' if system == 'sft' else system + ':'}{k}={v:g}": {
+        "ndcg@10": round(m["ndcg@10"], 4), "debiased_ndcg@10": round(m["snips_ndcg@10"], 4)}
+        for (system, k, v), m in mean_valid.items()}
+    # same budget: every recipe's training minutes per seed (SFT's as benchmarks/public.py recorded them)
+    result["train_minutes"] = {system: [r["train_minutes"][system] for r in records if system in r["train_minutes"]]
+                               for system in systems}
+    result["train_minutes"] = {system: values for system, values in result["train_minutes"].items() if values}
+    result["machines"] = {str(r["seed"]): r.get("machine", {}).get("cpu", "unknown") for r in records}
+    result["curve"] = curve
+    result["debiased_estimate"] = ("SNIPS, propensity (count+1)/(max+1) from training popularity, "
+                                   "weights capped at eval.ips_clip")
+    what = "popularity interventions" if len(systems) > 1 else "decoding-time popularity interventions"
+    seed_text = ("seed " if len(seeds) == 1 else "seeds ") + " ".join(map(str, seeds))
+    plot(curve, result["chosen"], plot_path, f"Amazon {dataset.title()}: {what} on the headline recipe\n"
+                                             f"({seed_text}, test; bars: paired bootstrap 95% intervals; "
+                                             "circled: chosen on validation)")
+    result["plot"] = str(plot_path)
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", default="beauty", choices=["beauty"],
                         help="leave-one-out with a long-tailed catalog (Office's rows count repeats; not here)")
     parser.add_argument("--root", default=None, help="what benchmarks/public.py trained (default runs/public/<dataset>)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 43, 44])
+    parser.add_argument("--seeds", type=int, nargs="*", default=None,
+                        help="seeds to score here (default 42 43 44, or none when --records are given)")
+    parser.add_argument("--records", nargs="*", default=[], metavar="RECORD",
+                        help="records of seeds scored before, here or elsewhere (<root>/seed-<s>/causal/"
+                             "record.json.gz), pooled with the --seeds scored now")
     parser.add_argument("--penalties", type=float, nargs="*", default=[-0.025, -0.05, -0.1, -0.2, -0.3])
     parser.add_argument("--gammas", type=float, nargs="*", default=[0.1, 0.25])
     parser.add_argument("--mixes", type=float, nargs="*", default=[0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5])
@@ -250,106 +388,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--plot", default=None, help="PNG path (default <root>/causal_tradeoff.png)")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for the recipe")
     args = parser.parse_args(argv)
+    seeds = args.seeds if args.seeds is not None else ([] if args.records else [42, 43, 44])
+    if not seeds and not args.records:
+        parser.error("nothing to pool: give --seeds to score or --records of seeds scored before")
     set_threads()
     root = Path(args.root or REPO / "runs" / "public" / args.dataset)
     config = config_path(args.dataset, "genrec")
     grid = [("gamma", 0.0)] + [("gamma", g) for g in args.penalties + args.gammas] + [("beta", b) for b in args.mixes]
     grid += [("beta_cal", b) for b in args.calibrated_mixes]
     grids = {"sft": grid, **{name: [("gamma", g) for g in args.trained_gammas] for name in args.trained}}
-    families = {**FAMILIES, **{name: (name, "gamma", lambda v: v >= 0) for name in args.trained}}
 
-    # valid / test: (system, knob, value) -> one metrics dict per seed
-    valid, test, minutes, first, calibration = {}, {}, {}, None, []
-    for seed in args.seeds:
-        folder = root / f"seed-{seed}"
-        overrides = [f"run.seed={seed}", *args.set]
-        sft_seconds = folder / "genrec" / "train_seconds.json"
-        if sft_seconds.is_file():
-            minutes.setdefault("sft", []).append(json.loads(sft_seconds.read_text())["seconds"] / 60)
-        for system, settings in grids.items():
-            adapter, cache = folder / "genrec" / "adapter", folder / "causal"
-            if system != "sft":
-                minutes.setdefault(system, []).append(
-                    train_recipe(system, config, folder, overrides, args.smoke) / 60)
-                adapter, cache = folder / "causal" / system / "adapter", folder / "causal" / system
-            rec = load_seed(config, folder, overrides, adapter)
-            first = rec if first is None else first  # the split and config every interval is drawn on (the same for every system)
-            for split_name, out in (("valid", valid), ("test", test)):
-                scores = base_scores(rec, split_name, cache / f"llm_log_probs_{split_name}.pt")
-                if system == "sft" and split_name == "valid" and args.calibrated_mixes:
-                    calibration.append(calibrate(rec, scores))  # fitted on validation, used on both splits
-                temperature = calibration[-1]["temperature"] if system == "sft" and calibration else 1.0
-                for setting in settings:
-                    metrics = evaluate(rec, scores, split_name, setting, system, temperature)
-                    if split_name == "valid":
-                        del metrics["rankings"]  # only test rankings are bootstrapped
-                    out.setdefault((system, *setting), []).append(metrics)
-                del scores
-            if rec is not first:
-                del rec
-    sft = ("sft", "gamma", 0.0)
-    # the calibrated mix's decode.propensity_temperature per seed (fitted on validation), and its NLL gain
-    result_calibration = {"temperature": [c["temperature"] for c in calibration],
-                          "valid_nll": {k: [c["valid_nll"][k] for c in calibration] for k in ("t=1", "fitted")}}
-
-    mean_valid = {s: averaged(runs) for s, runs in valid.items()}
-    reference = mean_valid[sft]["ndcg@10"]
-    plan = {"sft": sft}
-    for family, (system, knob, member) in families.items():
-        options = {s: m for s, m in mean_valid.items() if s[0] == system and s[1] == knob and member(s[2])}
-        if options:
-            plan[family] = choose(options, reference)
-
-    def test_row(setting: tuple[str, float], label: str) -> dict:
-        runs = test[setting]
-        extra = {"per_seed": {"ndcg@10": [round(m["ndcg@10"], 4) for m in runs],
-                              "debiased_ndcg@10": [round(m["snips_ndcg@10"], 4) for m in runs]}}
-        if setting[1] == "beta_cal":
-            extra["propensity_temperature"] = result_calibration["temperature"]
-        if label != "sft":
-            extra["relative_ci95"] = relative_ci(runs, test[sft], first, args.seeds[0])
-        return row(averaged(runs), **{setting[1]: setting[2]}, **extra, snips_ess=round(runs[0]["snips_ess"], 1),
-                   valid_ndcg=round(mean_valid[setting]["ndcg@10"], 4),
-                   valid_debiased_ndcg=round(mean_valid[setting]["snips_ndcg@10"], 4))
-
-    result = {"dataset": args.dataset, "users": len(first.setup.split.cases("test")), "seeds": args.seeds}
-    result.update({label: test_row(setting, label) for label, setting in plan.items()})
-    base = result["sft"]
-    for label in plan:
-        if label != "sft":
-            result[label]["relative"] = {m: round(result[label][m] / base[m] - 1, 4)
-                                         for m in ("ndcg@10", "debiased_ndcg@10", "intervened_ndcg@10")}
-    curve = {}
-    for family, (system, knob, member) in families.items():
-        for setting in [(system, *s) for s in grids[system] if s[0] == knob and member(s[1])]:
-            mean = averaged(test[setting])
-            curve.setdefault(family, []).append({
-                "knob": knob, "value": setting[2],
-                "relative": {"ndcg@10": round(mean["ndcg@10"] / base["ndcg@10"] - 1, 4),
-                             "debiased_ndcg@10": round(mean["snips_ndcg@10"] / base["debiased_ndcg@10"] - 1, 4)},
-                "arp@10": round(mean["arp@10"], 1),
-                "ci95": relative_ci(test[setting], test[sft], first, args.seeds[0])})
-    if calibration:
-        result["calibration"] = result_calibration
-    result["target_train_count"] = target_popularity(first.setup.split)
-    result["chosen"] = {"rule": f"best valid debiased NDCG@10 with valid NDCG@10 >= {1 - STANDARD_LOSS:.2f} x SFT's",
-                        **{label: {s[1]: s[2]} for label, s in plan.items()}}
-    # SFT's settings keyed "knob=value" as before; a training-time recipe's "name:knob=value"
-    result["valid_grid"] = {f"{'' if system == 'sft' else system + ':'}{k}={v:g}": {
-        "ndcg@10": round(m["ndcg@10"], 4), "debiased_ndcg@10": round(m["snips_ndcg@10"], 4)}
-        for (system, k, v), m in mean_valid.items()}
-    # same budget: every recipe's training minutes per seed (SFT's as benchmarks/public.py recorded them)
-    result["train_minutes"] = {system: [round(m, 2) for m in values] for system, values in minutes.items()}
-    result["curve"] = curve
-    result["debiased_estimate"] = ("SNIPS, propensity (count+1)/(max+1) from training popularity, "
-                                   "weights capped at eval.ips_clip")
-    path = Path(args.plot) if args.plot else root / "causal_tradeoff.png"
-    what = "popularity interventions" if args.trained else "decoding-time popularity interventions"
-    seeds = ("seed " if len(args.seeds) == 1 else "seeds ") + " ".join(map(str, args.seeds))
-    plot(curve, result["chosen"], path, f"Amazon {args.dataset.title()}: {what} on "
-                                        f"the headline recipe\n({seeds}, test; "
-                                        "bars: paired bootstrap 95% intervals; circled: chosen on validation)")
-    result["plot"] = str(path)
+    # the records first, so a broken or unpoolable one is reported before any seed is scored (~15 minutes each)
+    records = [causal_records.read(Path(path)) for path in args.records]
+    names = list(args.records)
+    if records:
+        causal_records.check_poolable(records, names)
+        clash = sorted(set(seeds) & {r["seed"] for r in records})
+        if clash:
+            parser.error(f"seed(s) {clash} are both given to --seeds and held by a --records file")
+    for seed in seeds:
+        records.append(score_seed(seed, args, root, config, grids))
+        names.append(str(root / f"seed-{seed}" / "causal" / "record.json.gz"))
+    causal_records.check_poolable(records, names)
+    result = pool(records, Path(args.plot) if args.plot else root / "causal_tradeoff.png")
     print(json.dumps(result))
     return result
 

@@ -30,7 +30,8 @@ from genrec.data.splits import Example, Split
 from genrec.decoding.options import DecodeOptions
 from genrec.decoding.search import constrained_topk, score_items
 from genrec.errors import ConfigError
-from genrec.evaluation.bias import bias_metrics, head_items, paired_relative_ci, propensity_weights
+from genrec.evaluation.bias import (bias_metrics, head_items, paired_relative_ci, paired_relative_ci_per_user,
+                                    per_user_ndcg, propensity_weights)
 from genrec.prompts.encoding import IGNORE_INDEX
 from genrec.recommender import prepare
 from genrec.training.batching import collate
@@ -328,6 +329,23 @@ def test_paired_bootstrap_interval_of_relative_change():
     half = paired_relative_ci([better, reference], [reference], targets, popularity, resamples=200)
     assert half["ndcg@10"] == pytest.approx([v / 2 for v in ci["ndcg@10"]], abs=1e-3)
 
+
+
+def test_paired_bootstrap_from_per_user_ndcg_matches_the_rankings_it_came_from():
+    """A compact record keeps per-user NDCG, not rankings: pooling from it draws the same interval."""
+    rng = np.random.default_rng(6)
+    popularity = rng.integers(0, 50, 30)
+    targets = rng.integers(0, 30, 300).tolist()
+    runs = [[rng.permutation(30)[:10].tolist() for _ in targets] for _ in range(2)]
+    reference = [[rng.permutation(30)[:10].tolist() for _ in targets] for _ in range(2)]
+    from_rankings = paired_relative_ci(runs, reference, targets, popularity, resamples=300, seed=3)
+    per_user = [per_user_ndcg(r, targets) for r in runs]
+    assert per_user[0][0] == (1 / math.log2(runs[0][0].index(targets[0]) + 2) if targets[0] in runs[0][0] else 0)
+    from_ndcg = paired_relative_ci_per_user(per_user, [per_user_ndcg(r, targets) for r in reference], targets,
+                                            popularity, resamples=300, seed=3)
+    assert from_ndcg == from_rankings and from_ndcg["ndcg@10"][0] < from_ndcg["ndcg@10"][1]
+    with pytest.raises(ValueError, match="one value per target"):
+        paired_relative_ci_per_user([per_user[0][:-1]], per_user, targets, popularity)
 
 # ---- config and end to end ---------------------------------------------------------------------------------
 

@@ -3,16 +3,22 @@ then its decoding-time causal rows, chosen on validation, with intervals and the
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from public_fixtures import write_sequences
 
 REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("causal_records", REPO / "benchmarks" / "causal_records.py")
+records = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(records)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GENREC_RECIPES_IN_PROCESS": "1"}
 
 
@@ -78,6 +84,57 @@ def test_causal_public_scores_the_recipe_as_evaluated_and_chooses_on_validation(
     assert (out / "seed-42" / "causal" / "llm_log_probs_test.pt").is_file()
     again = run(args)
     assert again == result
+
+    # each seed is kept as a small record; pooled from the record alone (no adapter, no cache) the result is the same
+    record_path = out / "seed-42" / "causal" / "record.json.gz"
+    causal_public = str(REPO / "benchmarks" / "causal_public.py")
+    assert run([causal_public, "--records", str(record_path), "--plot", str(png)]) == result
+    # a second seed pools user by user: the same record as seed 43 leaves every mean and interval as it was,
+    # and lists each seed's figures
+    record = records.read(record_path)
+    assert len(record["targets"]["test"]) == result["users"] and record["calibration"]["temperature"] == \
+        result["calibration"]["temperature"][0]
+    twin = tmp_path / "seed-43.json.gz"
+    records.write(twin, {**record, "seed": 43})
+    pooled = run([causal_public, "--records", str(record_path), str(twin), "--plot", str(png)])
+    assert pooled["seeds"] == [42, 43] and pooled["chosen"] == result["chosen"]
+    for label in ("sft", "sft_mix", "sft_mix_calibrated"):
+        assert pooled[label]["ndcg@10"] == result[label]["ndcg@10"]
+        assert pooled[label]["per_seed"]["ndcg@10"] == 2 * result[label]["per_seed"]["ndcg@10"]
+        if label != "sft":
+            assert pooled[label]["relative_ci95"] == result[label]["relative_ci95"]
+    # a seed both scored now and held by a record is refused before any scoring (the root has no seed 43 to score)
+    proc = subprocess.run([sys.executable, causal_public, "--root", str(out), "--seeds", "43", "--records", str(twin)],
+                          capture_output=True, text=True, cwd=REPO, check=False, env=ENV)
+    assert proc.returncode == 2 and "seed(s) [43] are both given to --seeds and held by a --records file" in proc.stderr
+
+
+def test_records_pool_only_distinct_seeds_on_one_split_and_grid(tmp_path):
+    """What a pool refuses, naming the record and what differs; the per-user ranks give back each user's NDCG."""
+    hits = records.target_ranks([[3, 1, 2], [0, 1, 2], [2, 5, 4]], [1, 4, 4], k=3)
+    assert hits == {"users": [0, 2], "ranks": [2, 3]}
+    assert records.per_user_ndcg(hits, 3).tolist() == [1 / math.log2(3), 0.0, 0.5]
+    setting = {"system": "sft", "knob": "gamma", "value": 0.0, "valid": {}, "test": {}, "test_hits": hits}
+    base = {"dataset": "beauty", "seed": 42, "ips_clip": 100.0, "targets": {"valid": [0, 1, 2], "test": [1, 4, 4]},
+            "train_popularity": [5, 4, 3, 2, 1, 0], "settings": [setting]}
+    paths = []
+    for name, record in (("a", base), ("b", {**base, "seed": 43})):
+        paths.append(records.write(tmp_path / f"{name}.json.gz", record))
+    assert records.read(paths[1])["seed"] == 43
+    records.check_poolable([records.read(p) for p in paths], [str(p) for p in paths])
+    cases = [({**base}, "seed 42 is already in the pool"),
+             ({**base, "seed": 44, "targets": {"valid": [0, 1, 2], "test": [1, 4, 5]}}, "'targets' differs"),
+             ({**base, "seed": 44, "settings": [{**setting, "value": -0.1}]}, "grid of settings differs")]
+    for record, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            records.check_poolable([base, record], ["a.json.gz", "b.json.gz"])
+    broken = tmp_path / "broken.json.gz"
+    broken.write_bytes(b"not gzip")
+    with pytest.raises(SystemExit, match="broken.json.gz: not a causal_public record"):
+        records.read(broken)
+    records.write(broken, {**base, "settings": [{**setting, "test_hits": {"users": [3], "ranks": [1]}}]})
+    with pytest.raises(SystemExit, match="past the 3 test users"):
+        records.read(broken)
 
 
 def test_causal_public_trains_a_training_time_recipe_like_sft_and_compares_it_user_by_user(tmp_path, tiny_model_dir):

@@ -83,6 +83,11 @@ def bias_metrics(rankings: list[list[int]], targets: list[int], popularity: np.n
     return out
 
 
+def per_user_ndcg(rankings: list[list[int]], targets: list[int], k: int = 10) -> np.ndarray:
+    """Each user's NDCG@k (one target per user): 1 / log2(rank + 1) when the target is in the top k, else 0."""
+    return _per_user(rankings, targets, k)[1]
+
+
 def paired_relative_ci(runs: list[list[list[int]]], reference: list[list[list[int]]], targets: list[int],
                        popularity: np.ndarray, k: int = 10, clip: float = 100.0, resamples: int = 2000,
                        seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
@@ -92,9 +97,21 @@ def paired_relative_ci(runs: list[list[list[int]]], reference: list[list[list[in
 
     Why: SNIPS puts most of its weight on the few users with rare targets (on ml-100k ~100 of 943 users
     carry half of it), so a difference between two systems needs its own uncertainty next to it."""
+    return paired_relative_ci_per_user([per_user_ndcg(r, targets, k) for r in runs],
+                                       [per_user_ndcg(r, targets, k) for r in reference], targets, popularity,
+                                       k, clip, resamples, seed, level)
+
+
+def paired_relative_ci_per_user(runs: list[np.ndarray], reference: list[np.ndarray], targets: list[int],
+                                popularity: np.ndarray, k: int = 10, clip: float = 100.0, resamples: int = 2000,
+                                seed: int = 0, level: float = 0.95) -> dict[str, list[float]]:
+    """``paired_relative_ci`` from each run's per-user NDCG@k (``per_user_ndcg``) instead of its rankings: what
+    a run kept as a compact record (e.g. a seed scored on another machine) can still be pooled with."""
+    if any(len(r) != len(targets) for r in [*runs, *reference]):
+        raise ValueError(f"per-user NDCG arrays must have one value per target ({len(targets)} users); got "
+                         f"{sorted({len(r) for r in [*runs, *reference]})}")
     w = propensity_weights(popularity, clip)[np.asarray(targets)]
-    ndcg = np.mean([_per_user(r, targets, k)[1] for r in runs], axis=0)
-    ref = np.mean([_per_user(r, targets, k)[1] for r in reference], axis=0)
+    ndcg, ref = np.mean(runs, axis=0), np.mean(reference, axis=0)
     draws = np.random.default_rng(seed).integers(0, len(targets), size=(resamples, len(targets)))
     wd = w[draws]
     with np.errstate(divide="ignore", invalid="ignore"):  # a resample where the reference scores 0
