@@ -12,8 +12,11 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from public_fixtures import write_sequences
+
+from genrec.evaluation.bias import propensity_weights
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("causal_records", REPO / "benchmarks" / "causal_records.py")
@@ -172,3 +175,23 @@ def test_causal_public_trains_a_training_time_recipe_like_sft_and_compares_it_us
     assert "calibration" not in result and "sft_mix_calibrated" not in result  # --calibrated-mixes with none: off
     # its own scores, not SFT's: the cache sits in its folder
     assert (trained / "llm_log_probs_test.pt").is_file()
+
+
+def test_kept_beauty_record_still_reads_and_its_user_ranks_give_its_metrics():
+    """The records kept in the repository (benchmarks/results/causal_beauty/) must stay readable by the pool: each
+    setting's per-user target ranks give back the test NDCG@10 and HR@10 that the record states."""
+    kept = sorted((REPO / "benchmarks" / "results" / "causal_beauty").glob("seed-*.json.gz"))
+    assert kept, "no kept record"
+    for path in kept:
+        record = records.read(path)
+        assert path.name == f"seed-{record['seed']}.json.gz" and record["dataset"] == "beauty"
+        n_users = len(record["targets"]["test"])
+        assert n_users == 22363 and len(record["train_popularity"]) == 12101
+        # the propensity weights the pool's bootstrap uses, on each test target
+        weights = propensity_weights(np.asarray(record["train_popularity"]), record["ips_clip"])[record["targets"]["test"]]
+        for setting in record["settings"]:
+            ndcg = records.per_user_ndcg(setting["test_hits"], n_users)
+            assert math.isclose(ndcg.mean(), setting["test"]["ndcg@10"], rel_tol=1e-9)
+            assert math.isclose((weights * ndcg).sum() / weights.sum(), setting["test"]["snips_ndcg@10"], rel_tol=1e-9)
+            assert math.isclose(len(setting["test_hits"]["users"]) / n_users, setting["test"]["hit@10"], rel_tol=1e-9)
+    records.check_poolable([records.read(p) for p in kept], [str(p) for p in kept])
