@@ -330,7 +330,6 @@ def test_paired_bootstrap_interval_of_relative_change():
     assert half["ndcg@10"] == pytest.approx([v / 2 for v in ci["ndcg@10"]], abs=1e-3)
 
 
-
 def test_paired_bootstrap_from_per_user_ndcg_matches_the_rankings_it_came_from():
     """A compact record keeps per-user NDCG, not rankings: pooling from it draws the same interval."""
     rng = np.random.default_rng(6)
@@ -346,6 +345,7 @@ def test_paired_bootstrap_from_per_user_ndcg_matches_the_rankings_it_came_from()
     assert from_ndcg == from_rankings and from_ndcg["ndcg@10"][0] < from_ndcg["ndcg@10"][1]
     with pytest.raises(ValueError, match="one value per target"):
         paired_relative_ci_per_user([per_user[0][:-1]], per_user, targets, popularity)
+
 
 # ---- config and end to end ---------------------------------------------------------------------------------
 
