@@ -80,7 +80,7 @@ from genrec.causal.calibration import fit_temperature  # noqa: E402
 from genrec.config import load_config  # noqa: E402
 from genrec.decoding.ensemble import item_prior  # noqa: E402
 from genrec.decoding.search import top_k_unseen  # noqa: E402
-from genrec.evaluation.bias import paired_relative_ci_per_user  # noqa: E402
+from genrec.evaluation.bias import ndcg_from_ranks, paired_relative_ci_per_user, target_ranks  # noqa: E402
 from genrec.evaluation.protocol import score_cases  # noqa: E402
 from genrec.io import atomic_path  # noqa: E402
 from genrec.model.loading import resolve_dtype  # noqa: E402
@@ -247,8 +247,9 @@ def score_seed(seed: int, args: argparse.Namespace, root: Path, config: str, gri
             minutes[system] = train_recipe(system, config, folder, overrides, args.smoke) / 60
             adapter, cache = folder / "causal" / system / "adapter", folder / "causal" / system
         rec = load_seed(config, folder, overrides, adapter)
-        split = split or rec.setup.split  # the same for every system of the seed
-        test_targets = [c.target for c in split.cases("test")]
+        if split is None:  # the same for every system of the seed
+            split = rec.setup.split
+            targets = {name: [c.target for c in split.cases(name)] for name in SPLITS}
         entries = {setting: {"system": system, "knob": setting[0], "value": setting[1]} for setting in grid}
         for split_name in SPLITS:
             scores = base_scores(rec, split_name, cache / f"llm_log_probs_{split_name}.pt")
@@ -259,7 +260,7 @@ def score_seed(seed: int, args: argparse.Namespace, root: Path, config: str, gri
                 metrics, rankings = evaluate(rec, scores, split_name, setting, system, temperature)
                 entries[setting][split_name] = metrics
                 if split_name == "test":  # what the paired bootstrap reads, user by user
-                    entries[setting]["test_hits"] = causal_records.target_ranks(rankings, test_targets)
+                    entries[setting]["test_hits"] = target_ranks(rankings, targets["test"], 10)
             del scores
         settings += entries.values()
         del rec
@@ -267,7 +268,7 @@ def score_seed(seed: int, args: argparse.Namespace, root: Path, config: str, gri
     record = {"dataset": args.dataset, "seed": seed, "machine": causal_records.machine(),
               "config": str(Path(config).relative_to(REPO)) if Path(config).is_relative_to(REPO) else config,
               "overrides": overrides, "ips_clip": cfg.eval.ips_clip,
-              "targets": {name: [c.target for c in split.cases(name)] for name in SPLITS},
+              "targets": targets,
               "train_popularity": [int(v) for v in split.train_popularity()],
               "calibration": calibration, "train_minutes": {k: round(v, 2) for k, v in minutes.items()},
               "settings": settings}
@@ -287,7 +288,7 @@ def pool(records: list[dict], plot_path: Path) -> dict:
             key = causal_records.setting_key(s)
             valid.setdefault(key, []).append(s["valid"])
             test.setdefault(key, []).append(s["test"])
-            ndcg.setdefault(key, []).append(causal_records.per_user_ndcg(s["test_hits"], n_users))
+            ndcg.setdefault(key, []).append(ndcg_from_ranks(s["test_hits"], n_users))
     systems = list(dict.fromkeys(key[0] for key in valid))
     families = {**FAMILIES, **{name: (name, "gamma", lambda v: v >= 0) for name in systems if name != "sft"}}
     sft = ("sft", "gamma", 0.0)
@@ -350,8 +351,7 @@ def pool(records: list[dict], plot_path: Path) -> dict:
         for (system, k, v), m in mean_valid.items()}
     # same budget: every recipe's training minutes per seed (SFT's as benchmarks/public.py recorded them)
     result["train_minutes"] = {system: [r["train_minutes"][system] for r in records if system in r["train_minutes"]]
-                               for system in systems}
-    result["train_minutes"] = {system: values for system, values in result["train_minutes"].items() if values}
+                               for system in systems if any(system in r["train_minutes"] for r in records)}
     result["machines"] = {str(r["seed"]): r.get("machine", {}).get("cpu", "unknown") for r in records}
     result["curve"] = curve
     result["debiased_estimate"] = ("SNIPS, propensity (count+1)/(max+1) from training popularity, "

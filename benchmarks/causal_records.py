@@ -5,7 +5,8 @@ Why: retraining a Beauty seed takes about 95 minutes and a working folder does n
 three seeds of a pooled figure may never sit on one machine together. A pool needs, per seed, only what the rule
 and the paired bootstrap read:
 - every setting's validation and test metrics (the seed means are taken over these);
-- each test user's rank of their target where it is in the top 10 (per-user NDCG@10; on Beauty about 9% of users);
+- each test user's rank of their target where it is in the top 10 (``genrec.evaluation.bias.target_ranks``;
+  per-user NDCG@10 from ``ndcg_from_ranks``; on Beauty about 9% of users);
 - the fitted propensity temperature and each system's training minutes;
 - the split's targets and training popularity, so that a pool can check its seeds rank the same users against
   the same propensities, and needs no data file.
@@ -17,36 +18,16 @@ from __future__ import annotations
 
 import gzip
 import json
-import math
 import platform
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from genrec.io import atomic_path
 
 FORMAT = "genrec.causal_public.record/1"
-K = 10
 # what every pooled seed must share: the users, their targets' propensities, and how the metrics were computed
 SHARED = ("dataset", "targets", "train_popularity", "ips_clip")
-
-
-def target_ranks(rankings: list[list[int]], targets: list[int], k: int = K) -> dict[str, list[int]]:
-    """The users (by position) whose target is in their top k, and its rank there (1 = first)."""
-    users, ranks = [], []
-    for u, (ranking, target) in enumerate(zip(rankings, targets)):
-        if target in ranking[:k]:
-            users.append(u)
-            ranks.append(ranking[:k].index(target) + 1)
-    return {"users": users, "ranks": ranks}
-
-
-def per_user_ndcg(hits: dict[str, list[int]], n_users: int) -> np.ndarray:
-    """Each user's NDCG@k from ``target_ranks``: 1 / log2(rank + 1) for a hit, 0 for every other user."""
-    ndcg = np.zeros(n_users)
-    ndcg[np.asarray(hits["users"], dtype=np.int64)] = [1.0 / math.log2(r + 1) for r in hits["ranks"]]
-    return ndcg
 
 
 def machine() -> dict[str, str]:

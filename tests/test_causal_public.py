@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from public_fixtures import write_sequences
 
-from genrec.evaluation.bias import propensity_weights
+from genrec.evaluation.bias import ndcg_from_ranks, propensity_weights, target_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("causal_records", REPO / "benchmarks" / "causal_records.py")
@@ -114,9 +114,9 @@ def test_causal_public_scores_the_recipe_as_evaluated_and_chooses_on_validation(
 
 def test_records_pool_only_distinct_seeds_on_one_split_and_grid(tmp_path):
     """What a pool refuses, naming the record and what differs; the per-user ranks give back each user's NDCG."""
-    hits = records.target_ranks([[3, 1, 2], [0, 1, 2], [2, 5, 4]], [1, 4, 4], k=3)
+    hits = target_ranks([[3, 1, 2], [0, 1, 2], [2, 5, 4]], [1, 4, 4], k=3)
     assert hits == {"users": [0, 2], "ranks": [2, 3]}
-    assert records.per_user_ndcg(hits, 3).tolist() == [1 / math.log2(3), 0.0, 0.5]
+    assert ndcg_from_ranks(hits, 3).tolist() == [1 / math.log2(3), 0.0, 0.5]
     setting = {"system": "sft", "knob": "gamma", "value": 0.0, "valid": {}, "test": {}, "test_hits": hits}
     base = {"dataset": "beauty", "seed": 42, "ips_clip": 100.0, "targets": {"valid": [0, 1, 2], "test": [1, 4, 4]},
             "train_popularity": [5, 4, 3, 2, 1, 0], "settings": [setting]}
@@ -190,7 +190,7 @@ def test_kept_beauty_record_still_reads_and_its_user_ranks_give_its_metrics():
         # the propensity weights the pool's bootstrap uses, on each test target
         weights = propensity_weights(np.asarray(record["train_popularity"]), record["ips_clip"])[record["targets"]["test"]]
         for setting in record["settings"]:
-            ndcg = records.per_user_ndcg(setting["test_hits"], n_users)
+            ndcg = ndcg_from_ranks(setting["test_hits"], n_users)
             assert math.isclose(ndcg.mean(), setting["test"]["ndcg@10"], rel_tol=1e-9)
             assert math.isclose((weights * ndcg).sum() / weights.sum(), setting["test"]["snips_ndcg@10"], rel_tol=1e-9)
             assert math.isclose(len(setting["test_hits"]["users"]) / n_users, setting["test"]["hit@10"], rel_tol=1e-9)

@@ -37,14 +37,30 @@ def propensity_weights(popularity: np.ndarray, clip: float) -> np.ndarray:
     return 1.0 / rho
 
 
-def _per_user(rankings: list[list[int]], targets: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
-    hit, ndcg = np.zeros(len(targets)), np.zeros(len(targets))
+def target_ranks(rankings: list[list[int]], targets: list[int], k: int) -> dict[str, list[int]]:
+    """The users (by position) whose target is in their top k, and its rank there (1 = first): all that
+    per-user HR@k and NDCG@k need, and compact enough to keep (on Beauty about 9% of users)."""
+    users, ranks = [], []
     for u, (ranking, target) in enumerate(zip(rankings, targets)):
         top = ranking[:k]
         if target in top:
-            hit[u] = 1.0
-            ndcg[u] = 1.0 / math.log2(top.index(target) + 2)
-    return hit, ndcg
+            users.append(u)
+            ranks.append(top.index(target) + 1)
+    return {"users": users, "ranks": ranks}
+
+
+def ndcg_from_ranks(hits: dict[str, list[int]], n_users: int) -> np.ndarray:
+    """Each user's NDCG@k from ``target_ranks``: 1 / log2(rank + 1) for a hit, 0 for every other user."""
+    ndcg = np.zeros(n_users)
+    ndcg[np.asarray(hits["users"], dtype=np.int64)] = [1.0 / math.log2(r + 1) for r in hits["ranks"]]
+    return ndcg
+
+
+def _per_user(rankings: list[list[int]], targets: list[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+    hits = target_ranks(rankings, targets, k)
+    hit = np.zeros(len(targets))
+    hit[np.asarray(hits["users"], dtype=np.int64)] = 1.0
+    return hit, ndcg_from_ranks(hits, len(targets))
 
 
 def head_items(popularity: np.ndarray, share: float = 0.2) -> np.ndarray:
