@@ -280,6 +280,9 @@ def score_seed(seed: int, args: argparse.Namespace, root: Path, config: str, gri
 def pool(records: list[dict], plot_path: Path) -> dict:
     """The benchmark's result from one record per seed: settings chosen on the seeds' mean validation figures,
     test rows as seed means, intervals from each user's NDCG averaged over the seeds, and the plot."""
+    # in seed order, whatever order the records came in: the bootstrap is seeded by the first seed, so the same
+    # seeds pooled from --seeds, --records or both, in any order, give the same intervals
+    records = sorted(records, key=lambda r: r["seed"])
     first = records[0]
     dataset, seeds, n_users = first["dataset"], [r["seed"] for r in records], len(first["targets"]["test"])
     valid, test, ndcg = {}, {}, {}  # (system, knob, value) -> one per seed

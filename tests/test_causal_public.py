@@ -106,6 +106,8 @@ def test_causal_public_scores_the_recipe_as_evaluated_and_chooses_on_validation(
         assert pooled[label]["per_seed"]["ndcg@10"] == 2 * result[label]["per_seed"]["ndcg@10"]
         if label != "sft":
             assert pooled[label]["relative_ci95"] == result[label]["relative_ci95"]
+    # the order the records are given in does not matter (the bootstrap is seeded by the smallest seed)
+    assert run([causal_public, "--records", str(twin), str(record_path), "--plot", str(png)]) == pooled
     # a seed both scored now and held by a record is refused before any scoring (the root has no seed 43 to score)
     proc = subprocess.run([sys.executable, causal_public, "--root", str(out), "--seeds", "43", "--records", str(twin)],
                           capture_output=True, text=True, cwd=REPO, check=False, env=ENV)
