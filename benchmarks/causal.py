@@ -87,6 +87,14 @@ STANDARD_LOSS = 0.05  # the most standard NDCG@10 a debiasing choice may give up
 KNOBS = {"gamma": "popularity_gamma", "lambda": "contrastive_lambda", "beta": "propensity_mix"}
 
 
+def relative_change(metrics: dict, reference: dict, reported=("ndcg@10", "debiased_ndcg@10")) -> dict:
+    """Each reported metric's change against ``reference``, from unrounded means (``averaged``). The rows'
+    four-digit figures would not do: 0.0363 / 0.0338 - 1 is +7.4% where the means give +7.5%, and near a
+    +10% target that matters. ``debiased_ndcg@10`` is read as ``snips_ndcg@10``."""
+    source = {name: "snips_ndcg@10" if name == "debiased_ndcg@10" else name for name in reported}
+    return {name: round(metrics[m] / reference[m] - 1, 4) if reference[m] else None for name, m in source.items()}
+
+
 def row(metrics: dict, **extra) -> dict:
     out = {m: round(metrics[m], 1 if m == "arp@10" else 4) for m in REPORTED}
     out["debiased_ndcg@10"] = out["snips_ndcg@10"]
@@ -237,11 +245,12 @@ def main() -> None:
         plan["counterfactual"] = ("counterfactual", choose(valid["counterfactual"], reference))
 
     print("test", flush=True)
-    result, lists = {}, {}
+    result, lists, means = {}, {}, {}
     with autocast():
         for label, (name, setting) in plan.items():
             runs = [evaluate(models[seed, name], setting, "test") for seed in args.seeds]
             lists[label] = [m["rankings"] for m in runs]
+            means[label] = averaged(runs)
             extra = {}
             if len(runs) > 1:
                 extra["per_seed"] = {"ndcg@10": [round(m["ndcg@10"], 4) for m in runs],
@@ -254,7 +263,7 @@ def main() -> None:
                     gaps.append(own["ndcg@10"] - evaluate(models[seed, name], setting, "test",
                                                           examples=swapped)["ndcg@10"])
                 extra["history_reliance_gap"] = round(float(np.mean(gaps)), 4)
-            result[label] = row(averaged(runs), **{setting[0]: setting[1]}, **extra,
+            result[label] = row(means[label], **{setting[0]: setting[1]}, **extra,
                                 valid_ndcg=round(valid[name][setting]["ndcg@10"], 4),
                                 valid_debiased_ndcg=round(valid[name][setting]["snips_ndcg@10"], 4))
     if reasoning:  # reason, then recommend: item only / own rationale / another user's rationale, on test
@@ -265,10 +274,7 @@ def main() -> None:
                                averaged([rows[label] for rows in per_seed]).items()} for label in per_seed[0]})
     setup = first.setup
     result["popularity"] = row(baseline_metrics(setup.cfg, setup.split, setup.split.eval_users, "test")["popularity"])
-    sft = result["sft"]
-    result["relative"] = {label: {m: round(result[label][m] / sft[m] - 1, 4) if sft[m] else None
-                                  for m in ("debiased_ndcg@10", "ndcg@10")}
-                          for label in plan if label != "sft"}
+    result["relative"] = {label: relative_change(means[label], means["sft"]) for label in plan if label != "sft"}
     # how sure each relative figure is: a paired bootstrap over the test users (same users, both systems)
     targets = [setup.split.example(u, "test", 1).target for u in setup.split.eval_users]
     result["relative_ci95"] = {label: paired_relative_ci(lists[label], lists["sft"], targets,

@@ -70,7 +70,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 import causal_records  # noqa: E402
-from causal import STANDARD_LOSS, averaged, choose, row  # noqa: E402  (the ml-100k benchmark's rule and rows)
+from causal import STANDARD_LOSS, averaged, choose, relative_change, row  # noqa: E402  (the ml-100k benchmark's rule and rows)
 from ensembles import llm_log_probs  # noqa: E402
 from public import SMOKE, config_path  # noqa: E402
 from quality import recipe, trained  # noqa: E402
@@ -329,19 +329,18 @@ def pool(records: list[dict], plot_path: Path) -> dict:
 
     result = {"dataset": dataset, "users": n_users, "seeds": seeds}
     result.update({label: test_row(setting, label) for label, setting in plan.items()})
-    base = result["sft"]
-    for label in plan:
+    base = averaged(test[sft])
+    for label, setting in plan.items():
         if label != "sft":
-            result[label]["relative"] = {m: round(result[label][m] / base[m] - 1, 4)
-                                         for m in ("ndcg@10", "debiased_ndcg@10", "intervened_ndcg@10")}
+            result[label]["relative"] = relative_change(averaged(test[setting]), base,
+                                                        ("ndcg@10", "debiased_ndcg@10", "intervened_ndcg@10"))
     curve = {}
     for family, (system, knob, member) in families.items():
         for setting in [s for s in test if s[0] == system and s[1] == knob and member(s[2])]:
             mean = averaged(test[setting])
             curve.setdefault(family, []).append({
                 "knob": knob, "value": setting[2],
-                "relative": {"ndcg@10": round(mean["ndcg@10"] / base["ndcg@10"] - 1, 4),
-                             "debiased_ndcg@10": round(mean["snips_ndcg@10"] / base["debiased_ndcg@10"] - 1, 4)},
+                "relative": relative_change(mean, base),
                 "arp@10": round(mean["arp@10"], 1), "ci95": relative_ci(setting)})
     if calibration:
         result["calibration"] = result_calibration

@@ -22,6 +22,9 @@ REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("causal_records", REPO / "benchmarks" / "causal_records.py")
 records = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(records)
+_spec = importlib.util.spec_from_file_location("causal_benchmark", REPO / "benchmarks" / "causal.py")
+causal_benchmark = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(causal_benchmark)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "GENREC_RECIPES_IN_PROCESS": "1"}
 
 
@@ -112,6 +115,15 @@ def test_causal_public_scores_the_recipe_as_evaluated_and_chooses_on_validation(
     proc = subprocess.run([sys.executable, causal_public, "--root", str(out), "--seeds", "43", "--records", str(twin)],
                           capture_output=True, text=True, cwd=REPO, check=False, env=ENV)
     assert proc.returncode == 2 and "seed(s) [43] are both given to --seeds and held by a --records file" in proc.stderr
+
+
+def test_relative_change_is_taken_from_unrounded_means():
+    """Near a +10% target the rows' four-digit figures would move a change by a third of a point: here
+    0.0363 / 0.0338 - 1 = +7.40% where the means give +7.70%."""
+    sft = {"ndcg@10": 0.056812, "snips_ndcg@10": 0.033751, "intervened_ndcg@10": 0.0}
+    mix = {"ndcg@10": 0.054849, "snips_ndcg@10": 0.036349, "intervened_ndcg@10": 0.0341}
+    assert causal_benchmark.relative_change(mix, sft) == {"ndcg@10": -0.0346, "debiased_ndcg@10": 0.077}
+    assert causal_benchmark.relative_change(mix, sft, ("intervened_ndcg@10",)) == {"intervened_ndcg@10": None}
 
 
 def test_records_pool_only_distinct_seeds_on_one_split_and_grid(tmp_path):
