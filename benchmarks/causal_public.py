@@ -308,6 +308,7 @@ def pool(records: list[dict], plot_path: Path) -> dict:
         return {"ndcg@10": ci["ndcg@10"], "debiased_ndcg@10": ci["snips_ndcg@10"]}
 
     mean_valid = {s: averaged(runs) for s, runs in valid.items()}
+    mean_test = {s: averaged(runs) for s, runs in test.items()}  # unrounded: rows, changes and the curve
     reference = mean_valid[sft]["ndcg@10"]
     plan = {"sft": sft}
     for family, (system, knob, member) in families.items():
@@ -323,21 +324,21 @@ def pool(records: list[dict], plot_path: Path) -> dict:
             extra["propensity_temperature"] = result_calibration["temperature"]
         if label != "sft":
             extra["relative_ci95"] = relative_ci(setting)
-        return row(averaged(runs), **{setting[1]: setting[2]}, **extra, snips_ess=round(runs[0]["snips_ess"], 1),
+        return row(mean_test[setting], **{setting[1]: setting[2]}, **extra, snips_ess=round(runs[0]["snips_ess"], 1),
                    valid_ndcg=round(mean_valid[setting]["ndcg@10"], 4),
                    valid_debiased_ndcg=round(mean_valid[setting]["snips_ndcg@10"], 4))
 
     result = {"dataset": dataset, "users": n_users, "seeds": seeds}
     result.update({label: test_row(setting, label) for label, setting in plan.items()})
-    base = averaged(test[sft])
+    base = mean_test[sft]
     for label, setting in plan.items():
         if label != "sft":
-            result[label]["relative"] = relative_change(averaged(test[setting]), base,
+            result[label]["relative"] = relative_change(mean_test[setting], base,
                                                         ("ndcg@10", "debiased_ndcg@10", "intervened_ndcg@10"))
     curve = {}
     for family, (system, knob, member) in families.items():
         for setting in [s for s in test if s[0] == system and s[1] == knob and member(s[2])]:
-            mean = averaged(test[setting])
+            mean = mean_test[setting]
             curve.setdefault(family, []).append({
                 "knob": knob, "value": setting[2],
                 "relative": relative_change(mean, base),
